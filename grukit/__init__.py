@@ -1,0 +1,7 @@
+"""grukit: the GRU toolkit for PyTorch."""
+
+from grukit.nn import GRU, GRUCell
+
+__version__ = "0.1.0"
+
+__all__ = ["GRU", "GRUCell", "__version__"]

@@ -1,0 +1,6 @@
+"""Layers users put in their own models."""
+
+from grukit.nn.cell import GRUCell
+from grukit.nn.gru import GRU
+
+__all__ = ["GRU", "GRUCell"]

@@ -1,0 +1,113 @@
+"""``GRUCell``: an exact drop-in for ``torch.nn.GRUCell``, with the equation form and layer norm of ``GRU``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from grukit.backends.contract import GRUConfig, GRUWeights
+from grukit.backends.dispatch import gru_backend
+from grukit.nn.checks import check_sizes
+
+_LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
+
+
+class GRUCell(nn.Module):
+    """One GRU step with torch.nn.GRUCell's arguments, parameters and shapes.
+
+    input: (B, I) or unbatched (I,); hx: (B, H) / (H,) or None (zeros) -> h': (B, H) / (H,).
+    Keyword-only extensions: ``reset_after=False`` (Cho et al. 2014 form) and ``layer_norm=True``
+    (per-gate layer norm, parameters ``ln_ih_weight`` ... of shape (3H,)), as in ``grukit.GRU``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        check_sizes(input_size, hidden_size, 1)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.reset_after = bool(reset_after)
+        self.layer_norm = bool(layer_norm)
+        factory = {"device": device, "dtype": dtype}
+        gates = 3 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates, input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(gates, hidden_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gates, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gates, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if layer_norm:
+            for name in _LN_NAMES:
+                self.register_parameter(name, nn.Parameter(torch.empty(gates, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn.GRUCell's U(-1/√H, 1/√H) in the same order; layer-norm gains 1 and biases 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name.startswith("ln_"):
+                    param.fill_(1.0 if "_weight" in name else 0.0)
+                else:
+                    nn.init.uniform_(param, -bound, bound)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            text += ", bias=False"
+        if not self.reset_after:
+            text += ", reset_after=False"
+        if self.layer_norm:
+            text += ", layer_norm=True"
+        return text
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        """input: (B, I) or (I,); hx: (B, H), (H,) or None -> (B, H) or (H,)."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() != input.dim():
+            raise RuntimeError(
+                f"GRUCell: for {input.dim()}-D input, hx should also be {input.dim()}-D but got {hx.dim()}-D tensor "
+                "(argument hx: shape (batch, hidden_size), or (hidden_size,) for unbatched input)"
+            )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if x.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size} "
+                "(argument input: shape (batch, input_size))"
+            )
+        if hx is None:
+            h = x.new_zeros(x.size(0), self.hidden_size)
+        else:
+            h = hx if batched else hx.unsqueeze(0)
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden0 has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size} "
+                    "(argument hx: shape (batch, hidden_size))"
+                )
+            if h.size(0) != x.size(0):
+                raise RuntimeError(
+                    f"Input batch size {x.size(0)} doesn't match hidden0 batch size {h.size(0)} "
+                    "(arguments input and hx must hold the same batch)"
+                )
+        config = GRUConfig(reset_after=self.reset_after, layer_norm=self.layer_norm, training=self.training)
+        norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
+        weights = GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
+        sequence = x.unsqueeze(0)
+        _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, weights, config)
+        return h_new if batched else h_new.squeeze(0)

@@ -1,0 +1,325 @@
+"""``GRU``: an exact drop-in for ``torch.nn.GRU`` plus the variants nn.GRU lacks.
+
+The layer owns arguments, parameters (same names, shapes and initialisation as torch.nn.GRU), input
+checks, lengths and PackedSequence handling, random masks, and the composition of layers and directions.
+Each (layer, direction) is computed by the backend that dispatch picks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from grukit.backends.contract import GRUConfig, GRUMasks, GRUWeights
+from grukit.backends.dispatch import gru_backend
+from grukit.nn.checks import batch_input, check_dropout, check_features, check_hidden, check_probability, check_sizes
+from grukit.nn.streaming import StreamingMixin
+
+_LN_STEMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
+_TORCH_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+
+class GRU(StreamingMixin, nn.Module):
+    """Multi-layer GRU with torch.nn.GRU's arguments, parameters, inputs and outputs.
+
+    Shapes: input (T, B, I), or (B, T, I) with ``batch_first``, or unbatched (T, I), or a PackedSequence;
+    h0 (L·D, B, H) or unbatched (L·D, H); output (T, B, D·H) (batch_first: (B, T, D·H)); h_n (L·D, B, H).
+
+    Keyword-only extensions (all off by default, which keeps the layer exactly torch.nn.GRU):
+      reset_after: False applies the reset gate before the recurrent product (Cho et al. 2014, Keras
+        ``reset_after=False``, ONNX ``linear_before_reset=0``). Same parameters.
+      layer_norm: per-gate layer normalisation of ``W_ih x`` and of the recurrent product, each with a
+        learnable gain and bias (``ln_ih_weight_l0`` ... of shape (3H,)), applied before the biases.
+      zoneout: probability that a unit keeps its previous value in training; eval uses the expectation.
+      recurrent_dropout: variational dropout on the state entering the recurrent product, one mask per
+        sequence shared by all time steps (training only).
+      dropconnect: dropout on ``W_hh``, one mask per forward call (training only).
+      learn_init: a learnable initial state ``initial_state`` (L·D, H), used when no h0 is passed.
+      reverse: a unidirectional layer that runs from the last step to the first (ONNX direction=reverse).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        reset_after: bool = True,
+        layer_norm: bool = False,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        dropconnect: float = 0.0,
+        learn_init: bool = False,
+        reverse: bool = False,
+    ) -> None:
+        super().__init__()
+        check_sizes(input_size, hidden_size, num_layers)
+        if reverse and bidirectional:
+            raise ValueError("reverse=True runs one direction backwards; it cannot be combined with bidirectional=True")
+        self.mode = "GRU"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = check_dropout(dropout, num_layers)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
+        self.reset_after = bool(reset_after)
+        self.layer_norm = bool(layer_norm)
+        self.zoneout = check_probability("zoneout", zoneout)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout, allow_one=False)
+        self.dropconnect = check_probability("dropconnect", dropconnect, allow_one=False)
+        self.learn_init = bool(learn_init)
+        self.reverse = bool(reverse)
+        factory = {"device": device, "dtype": dtype}
+        directions = 2 if bidirectional else 1
+        gates = 3 * hidden_size
+        self._flat_weights_names: list[str] = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for direction in range(directions):
+                suffix = self._suffix(layer, direction)
+                shapes = {"weight_ih": (gates, layer_input), "weight_hh": (gates, hidden_size)}
+                if bias:
+                    shapes.update({"bias_ih": (gates,), "bias_hh": (gates,)})
+                for stem, shape in shapes.items():
+                    self._register(f"{stem}{suffix}", torch.empty(shape, **factory))
+        if layer_norm:
+            for layer in range(num_layers):
+                for direction in range(directions):
+                    for stem in _LN_STEMS:
+                        self._register(f"{stem}{self._suffix(layer, direction)}", torch.empty(gates, **factory))
+        if learn_init:
+            self.initial_state = nn.Parameter(torch.empty(num_layers * directions, hidden_size, **factory))
+        self.reset_parameters()
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction == 1 else "")
+
+    def _register(self, name: str, value: Tensor) -> None:
+        self.register_parameter(name, nn.Parameter(value))
+        self._flat_weights_names.append(name)
+
+    def reset_parameters(self) -> None:
+        """torch.nn.GRU's initialisation U(-1/√H, 1/√H) in the same order; layer-norm gains 1, biases and
+        the learnable initial state 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name.startswith("ln_"):
+                    param.fill_(1.0 if "_weight" in name else 0.0)
+                elif name == "initial_state":
+                    param.zero_()
+                else:
+                    nn.init.uniform_(param, -bound, bound)
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction: [weight_ih, weight_hh, bias_ih, bias_hh] (as torch.nn.GRU)."""
+        stems = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+        return [
+            [getattr(self, f"{stem}{self._suffix(layer, d)}") for stem in stems]
+            for layer in range(self.num_layers)
+            for d in range(self._directions)
+        ]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for torch.nn.GRU (grukit keeps no flat cuDNN buffer)."""
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False}
+        extensions = {
+            "reset_after": True,
+            "layer_norm": False,
+            "zoneout": 0.0,
+            "recurrent_dropout": 0.0,
+            "dropconnect": 0.0,
+            "learn_init": False,
+            "reverse": False,
+        }
+        for name, default in {**defaults, **extensions}.items():
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)}"
+        return text
+
+    # ----------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """input: (T, B, I) / (B, T, I) / (T, I) / PackedSequence; hx: (L·D, B, H) or (L·D, H);
+        lengths: (B,) valid steps per sequence, any integer dtype and device, any order.
+
+        Returns (output, h_n) as torch.nn.GRU. With lengths, outputs past each length are zero, h_n holds
+        each sequence's state at its last valid step and the reverse direction starts there.
+        """
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths cannot be combined with a PackedSequence input, which carries its own")
+            return self._forward_packed(input, hx)
+        x, hx, batched = batch_input("GRU", input, hx, self.batch_first)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        if lengths is not None:
+            if not batched:
+                lengths = torch.as_tensor(lengths).reshape(1)
+            lengths = self._check_lengths(lengths, x)
+        output, h_n = self._forward_time_major(x, hx, lengths)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not batched:
+            output, h_n = output.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return output, h_n
+
+    def stream_chunk(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One chunk of a stream (see ``step`` and ``stream``): forward with the carried state."""
+        if self.bidirectional or self.reverse:
+            raise RuntimeError("streaming needs a forward-only GRU; this one is bidirectional or reverse")
+        output, h_n = self(x, state)
+        return output, h_n
+
+    def _check_lengths(self, lengths: Tensor | list[int], x: Tensor) -> Tensor:
+        """lengths: (B,) integers in [0, T] -> int64 tensor on x's device. x: (T, B, I)."""
+        lengths = torch.as_tensor(lengths)
+        steps, batch = x.shape[0], x.shape[1]
+        if lengths.shape != (batch,):
+            raise ValueError(
+                f"lengths must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}: one length per sequence"
+            )
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+        if not torch.compiler.is_compiling():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 0 or high > steps:
+                raise ValueError(f"lengths must lie in [0, {steps}] (the padded sequence length), got [{low}, {high}]")
+        return lengths.to(device=x.device, dtype=torch.int64)
+
+    def _forward_packed(self, packed: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
+        """PackedSequence in, PackedSequence out, through the lengths path (h0 and h_n in input order)."""
+        padded, lengths = pad_packed_sequence(packed)
+        check_features(padded, self.input_size)
+        if hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        output, h_n = self._forward_time_major(padded, hx, lengths.to(padded.device))
+        if packed.sorted_indices is not None:
+            output = output.index_select(1, packed.sorted_indices)
+            lengths = lengths[packed.sorted_indices.cpu()]
+        valid = torch.arange(output.shape[0]).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B), sorted batch
+        data = output[valid.to(output.device)]  # time-major: the packed layout
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
+
+    def _forward_time_major(self, x: Tensor, hx: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x: (T, B, I), hx: (L·D, B, H) or None, lengths: (B,) int64 or None -> ((T, B, D·H), (L·D, B, H))."""
+        check_features(x, self.input_size)
+        directions, batch = self._directions, x.shape[1]
+        shape = (self.num_layers * directions, batch, self.hidden_size)
+        if hx is None:
+            hx = self.initial_state.unsqueeze(1).expand(shape) if self.learn_init else x.new_zeros(shape)
+        else:
+            check_hidden(hx, shape)
+        states = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                config = GRUConfig(
+                    reset_after=self.reset_after,
+                    reverse=direction == 1 or self.reverse,
+                    layer_norm=self.layer_norm,
+                    zoneout=self.zoneout,
+                    training=self.training,
+                )
+                backend = gru_backend(layer_input, config, lengths)
+                output, state = backend.gru_layer(
+                    layer_input,
+                    hx[index],
+                    self._layer_weights(layer, direction),
+                    config,
+                    lengths,
+                    self._masks(layer_input, hx[index]),
+                )
+                outputs.append(output)
+                states.append(state)
+            layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, torch.stack(states)
+
+    def _layer_weights(self, layer: int, direction: int) -> GRUWeights:
+        suffix = self._suffix(layer, direction)
+
+        def param(stem: str) -> Tensor:
+            return getattr(self, stem + suffix)
+
+        w_hh = param("weight_hh")
+        if self.dropconnect > 0 and self.training:
+            w_hh = F.dropout(w_hh, self.dropconnect, training=True)
+        biases = (param("bias_ih"), param("bias_hh")) if self.bias else (None, None)
+        norms = [param(stem) for stem in _LN_STEMS] if self.layer_norm else [None] * 4
+        return GRUWeights(param("weight_ih"), w_hh, *biases, *norms)
+
+    def _masks(self, x: Tensor, h0: Tensor) -> GRUMasks:
+        """Sample the training masks of one layer and direction. x: (T, B, I), h0: (B, H)."""
+        if not self.training:
+            return GRUMasks()
+        dropout_mask = zoneout_mask = None
+        if self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            dropout_mask = torch.bernoulli(torch.full_like(h0, keep)) / keep
+        if self.zoneout > 0:
+            zoneout_mask = torch.bernoulli(h0.new_full((x.shape[0], *h0.shape), self.zoneout))
+        return GRUMasks(recurrent_dropout=dropout_mask, zoneout=zoneout_mask)
+
+    # ----------------------------------------------------------------------------------------- interop
+
+    @classmethod
+    def from_torch(cls, module: nn.GRU, **extensions: object) -> GRU:
+        """A grukit GRU with ``module``'s arguments, device, dtype and weights (extensions may be added)."""
+        if not isinstance(module, nn.GRU):
+            raise TypeError(f"from_torch expects a torch.nn.GRU, got {type(module).__name__}")
+        weight = module.weight_ih_l0
+        args = {name: getattr(module, name) for name in _TORCH_ARGS}
+        gru = cls(**args, device=weight.device, dtype=weight.dtype, **extensions)
+        gru.load_state_dict(module.state_dict(), strict=not (gru.layer_norm or gru.learn_init))
+        gru.train(module.training)
+        return gru
+
+    def to_torch(self) -> nn.GRU:
+        """The equivalent torch.nn.GRU (same weights, device, dtype and mode).
+
+        Raises ValueError for extensions nn.GRU cannot express (reset_after=False, layer_norm, zoneout,
+        learn_init, reverse); recurrent_dropout and dropconnect act only in training and are dropped.
+        """
+        blocking = {
+            "reset_after=False": not self.reset_after,
+            "layer_norm=True": self.layer_norm,
+            "zoneout>0": self.zoneout > 0,
+            "learn_init=True": self.learn_init,
+            "reverse=True": self.reverse,
+        }
+        used = [name for name, on in blocking.items() if on]
+        if used:
+            raise ValueError(f"torch.nn.GRU cannot express {', '.join(used)}; only the default GRU converts")
+        weight = self.weight_ih_l0
+        module = nn.GRU(**{name: getattr(self, name) for name in _TORCH_ARGS}, device=weight.device, dtype=weight.dtype)
+        module.load_state_dict(self.state_dict())
+        module.train(self.training)
+        return module
