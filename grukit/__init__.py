@@ -1,7 +1,8 @@
 """grukit: the GRU toolkit for PyTorch."""
 
+from grukit.interop import export_onnx
 from grukit.nn import GRU, GRUCell
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "GRUCell", "__version__"]
+__all__ = ["GRU", "GRUCell", "__version__", "export_onnx"]

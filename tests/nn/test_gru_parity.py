@@ -140,7 +140,7 @@ def test_to_torch_refuses_what_nn_gru_cannot_express():
     for kwargs, word in (({"reset_after": False}, "reset_after"), ({"layer_norm": True}, "layer_norm")):
         with pytest.raises(ValueError, match=word):
             grukit.GRU(2, 3, **kwargs).to_torch()
-    with pytest.raises(TypeError, match="torch.nn.GRU"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.GRU"):
         grukit.GRU.from_torch(torch.nn.LSTM(2, 3))
 
 

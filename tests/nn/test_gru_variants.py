@@ -36,7 +36,13 @@ def perturb_norms(gru: grukit.GRU) -> None:
 def test_eval_forward_matches_naive_equations(reset_after, layer_norm, bias, reverse, zoneout, use_lengths):
     torch.manual_seed(0)
     gru = grukit.GRU(
-        3, 5, bias=bias, reset_after=reset_after, layer_norm=layer_norm, reverse=reverse, zoneout=zoneout,
+        3,
+        5,
+        bias=bias,
+        reset_after=reset_after,
+        layer_norm=layer_norm,
+        reverse=reverse,
+        zoneout=zoneout,
         dtype=torch.float64,
     ).eval()
     perturb_norms(gru)
@@ -45,8 +51,14 @@ def test_eval_forward_matches_naive_equations(reset_after, layer_norm, bias, rev
     lengths = torch.tensor([6, 2, 4, 1]) if use_lengths else None
     out, h_n = gru(x, h0, lengths=lengths)
     expected, expected_h = naive_direction(
-        x, h0[0], direction_params(gru), reset_after=reset_after, layer_norm=layer_norm, reverse=reverse,
-        lengths=lengths, zoneout_keep=zoneout if zoneout else None,
+        x,
+        h0[0],
+        direction_params(gru),
+        reset_after=reset_after,
+        layer_norm=layer_norm,
+        reverse=reverse,
+        lengths=lengths,
+        zoneout_keep=zoneout if zoneout else None,
     )
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(h_n[0], expected_h, atol=1e-12, rtol=0)
@@ -95,10 +107,18 @@ def spy(monkeypatch):
 def test_training_masks_follow_their_definitions(spy):
     torch.manual_seed(0)
     p_zone, p_rec, p_drop = 0.3, 0.4, 0.5
-    gru = grukit.GRU(4, 32, num_layers=2, bidirectional=True, zoneout=p_zone, recurrent_dropout=p_rec,
-                     dropconnect=p_drop, dtype=torch.float64).train()
+    gru = grukit.GRU(
+        4,
+        32,
+        num_layers=2,
+        bidirectional=True,
+        zoneout=p_zone,
+        recurrent_dropout=p_rec,
+        dropconnect=p_drop,
+        dtype=torch.float64,
+    ).train()
     x = torch.randn(20, 64, 4, dtype=torch.float64)
-    out, _ = gru(x)
+    gru(x)
     assert len(spy.calls) == 4
     for index, call in enumerate(spy.calls):
         layer, reverse = divmod(index, 2)
@@ -114,8 +134,9 @@ def test_training_masks_follow_their_definitions(spy):
         assert abs(dropped.double().mean().item() - p_drop) < 0.05
         torch.testing.assert_close(weights.w_hh[~dropped], (w_hh / (1 - p_drop))[~dropped])
         params = direction_params(gru, layer, bool(reverse)) | {"w_hh": weights.w_hh}
-        expected, _ = naive_direction(call["x"], call["h0"], params, reverse=bool(reverse), zoneout_keep=zone,
-                                      dropout_mask=rec)
+        expected, _ = naive_direction(
+            call["x"], call["h0"], params, reverse=bool(reverse), zoneout_keep=zone, dropout_mask=rec
+        )
         produced = ReferenceBackend().gru_layer(call["x"], call["h0"], weights, call["config"], None, masks)[0]
         torch.testing.assert_close(produced, expected, atol=1e-12, rtol=0)
     first_mask = spy.calls[0]["weights"].w_hh == 0
@@ -157,7 +178,7 @@ def functional_gradcheck(module: torch.nn.Module, x, h0=None, lengths=None, fast
     def fn(*flat):
         torch.manual_seed(1234)
         state = flat[1] if h0 is not None else None
-        weights = dict(zip(names, flat[len(inputs):], strict=True))
+        weights = dict(zip(names, flat[len(inputs) :], strict=True))
         return torch.func.functional_call(module, weights, (flat[0], state), {"lengths": lengths})
 
     assert gradcheck(fn, (*inputs, *params), eps=1e-6, atol=1e-7, fast_mode=fast_mode)
@@ -170,9 +191,19 @@ def functional_gradcheck(module: torch.nn.Module, x, h0=None, lengths=None, fast
 def test_gradcheck_every_variant_combination(reset_after, layer_norm, bidirectional, use_lengths, training):
     torch.manual_seed(0)
     gru = grukit.GRU(
-        3, 3, num_layers=2, bidirectional=bidirectional, dropout=0.3, reset_after=reset_after,
-        layer_norm=layer_norm, zoneout=0.3, recurrent_dropout=0.3, dropconnect=0.3, learn_init=True,
-        batch_first=True, dtype=torch.float64,
+        3,
+        3,
+        num_layers=2,
+        bidirectional=bidirectional,
+        dropout=0.3,
+        reset_after=reset_after,
+        layer_norm=layer_norm,
+        zoneout=0.3,
+        recurrent_dropout=0.3,
+        dropconnect=0.3,
+        learn_init=True,
+        batch_first=True,
+        dtype=torch.float64,
     ).train(training)
     perturb_norms(gru)
     x = torch.randn(2, 4, 3, dtype=torch.float64)
@@ -185,8 +216,18 @@ def test_full_jacobian_gradcheck_of_everything_at_once():
     """The slow, element-by-element gradcheck on the configuration that switches everything on."""
     torch.manual_seed(0)
     gru = grukit.GRU(
-        2, 2, num_layers=2, bidirectional=True, dropout=0.3, reset_after=False, layer_norm=True, zoneout=0.3,
-        recurrent_dropout=0.3, dropconnect=0.3, learn_init=True, dtype=torch.float64,
+        2,
+        2,
+        num_layers=2,
+        bidirectional=True,
+        dropout=0.3,
+        reset_after=False,
+        layer_norm=True,
+        zoneout=0.3,
+        recurrent_dropout=0.3,
+        dropconnect=0.3,
+        learn_init=True,
+        dtype=torch.float64,
     ).train()
     perturb_norms(gru)
     functional_gradcheck(gru, torch.randn(3, 2, 2, dtype=torch.float64), None, torch.tensor([3, 1]), fast_mode=False)

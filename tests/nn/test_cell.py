@@ -1,0 +1,70 @@
+"""grukit.GRUCell against torch.nn.GRUCell, and its extensions against grukit.GRU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
+
+import grukit
+
+
+@given(
+    batch=st.integers(1, 5),
+    sizes=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    bias=st.booleans(),
+    unbatched=st.booleans(),
+    with_h=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_cell_matches_torch(batch, sizes, bias, unbatched, with_h, dtype):
+    reference = torch.nn.GRUCell(*sizes, bias=bias, dtype=dtype)
+    ours = grukit.GRUCell(*sizes, bias=bias, dtype=dtype)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    shape = (sizes[0],) if unbatched else (batch, sizes[0])
+    x = torch.randn(shape, dtype=dtype)
+    h = torch.randn((*shape[:-1], sizes[1]), dtype=dtype) if with_h else None
+    results = []
+    for module in (ours, reference):
+        xi = x.clone().requires_grad_()
+        out = module(xi, h)
+        out.sin().sum().backward()
+        results.append([out, xi.grad, *[p.grad for p in module.parameters()]])
+    tol = 1e-6 if dtype == torch.float32 else 1e-10
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("reset_after,layer_norm", [(False, False), (True, True), (False, True)])
+def test_cell_extensions_equal_one_gru_step(reset_after, layer_norm):
+    torch.manual_seed(0)
+    cell = grukit.GRUCell(3, 4, reset_after=reset_after, layer_norm=layer_norm, dtype=torch.float64)
+    gru = grukit.GRU(3, 4, reset_after=reset_after, layer_norm=layer_norm, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in cell.named_parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+            getattr(
+                gru,
+                name.replace("weight_ih", "weight_ih_l0")
+                .replace("weight_hh", "weight_hh_l0")
+                .replace("bias_ih", "bias_ih_l0")
+                .replace("bias_hh", "bias_hh_l0")
+                + ("_l0" if name.startswith("ln_") else ""),
+            ).copy_(p)
+    x, h = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    torch.testing.assert_close(cell(x, h), gru(x.unsqueeze(0), h.unsqueeze(0))[1][0], atol=1e-12, rtol=0)
+    x.requires_grad_()
+    h.requires_grad_()
+    assert gradcheck(cell, (x, h))
+
+
+def test_cell_initialisation_matches_torch():
+    torch.manual_seed(3)
+    ours = grukit.GRUCell(4, 5)
+    torch.manual_seed(3)
+    reference = torch.nn.GRUCell(4, 5)
+    for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert repr(ours) == repr(reference)
