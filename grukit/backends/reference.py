@@ -70,20 +70,21 @@ def gru_layer(
     steps = x.shape[0]
     hidden = h0.shape[-1]
     norm = (weights.ln_ih_weight, weights.ln_ih_bias) if config.layer_norm else None
-    gi = _project(x, weights.w_ih, weights.b_ih, norm, hidden)
+    # unbind, not gi[t]: the backward of each index would allocate a gradient of the full (T, B, 3H), O(T^2).
+    gi = _project(x, weights.w_ih, weights.b_ih, norm, hidden).unbind(0)
     valid = None
     if lengths is not None:
         time = torch.arange(steps, device=x.device).unsqueeze(1)
-        valid = (time < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+        valid = (time < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1).unbind(0)  # T of (B, 1)
     p = config.zoneout
+    keep = masks.zoneout.unbind(0) if p > 0 and config.training else [p] * steps
     h = h0
     outputs: list[Tensor] = [h0] * steps
     order = range(steps - 1, -1, -1) if config.reverse else range(steps)
     for t in order:
         h_new = gru_step(gi[t], h, weights, config, masks.recurrent_dropout)
         if p > 0:
-            keep = masks.zoneout[t] if config.training else p
-            h_new = h_new + keep * (h - h_new)
+            h_new = h_new + keep[t] * (h - h_new)
         if valid is None:
             outputs[t] = h_new
         else:

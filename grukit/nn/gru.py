@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from grukit.backends.contract import GRUConfig, GRUMasks, GRUWeights
 from grukit.backends.dispatch import gru_backend
-from grukit.nn.checks import batch_input, check_dropout, check_features, check_hidden, check_probability, check_sizes
+from grukit.nn.checks import batch_input, check_hidden, check_probability, check_rnn_args, check_sequence
 from grukit.nn.streaming import StreamingMixin
 
 _LN_STEMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
@@ -63,7 +63,7 @@ class GRU(StreamingMixin, nn.Module):
         reverse: bool = False,
     ) -> None:
         super().__init__()
-        check_sizes(input_size, hidden_size, num_layers)
+        dropout = check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout)
         if reverse and bidirectional:
             raise ValueError("reverse=True runs one direction backwards; it cannot be combined with bidirectional=True")
         self.mode = "GRU"
@@ -72,7 +72,7 @@ class GRU(StreamingMixin, nn.Module):
         self.num_layers = num_layers
         self.bias = bias
         self.batch_first = batch_first
-        self.dropout = check_dropout(dropout, num_layers)
+        self.dropout = dropout
         self.bidirectional = bidirectional
         self.proj_size = 0
         self.reset_after = bool(reset_after)
@@ -214,7 +214,7 @@ class GRU(StreamingMixin, nn.Module):
     def _forward_packed(self, packed: PackedSequence, hx: Tensor | None) -> tuple[PackedSequence, Tensor]:
         """PackedSequence in, PackedSequence out, through the lengths path (h0 and h_n in input order)."""
         padded, lengths = pad_packed_sequence(packed)
-        check_features(padded, self.input_size)
+        check_sequence(padded, self.input_size, self.weight_ih_l0.dtype)
         if hx is not None and hx.dim() != 3:
             raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
         output, h_n = self._forward_time_major(padded, hx, lengths.to(padded.device))
@@ -227,13 +227,13 @@ class GRU(StreamingMixin, nn.Module):
 
     def _forward_time_major(self, x: Tensor, hx: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """x: (T, B, I), hx: (L·D, B, H) or None, lengths: (B,) int64 or None -> ((T, B, D·H), (L·D, B, H))."""
-        check_features(x, self.input_size)
+        check_sequence(x, self.input_size, self.weight_ih_l0.dtype)
         directions, batch = self._directions, x.shape[1]
         shape = (self.num_layers * directions, batch, self.hidden_size)
         if hx is None:
             hx = self.initial_state.unsqueeze(1).expand(shape) if self.learn_init else x.new_zeros(shape)
         else:
-            check_hidden(hx, shape)
+            check_hidden(hx, shape, x.dtype)
         states = []
         layer_input = x
         for layer in range(self.num_layers):

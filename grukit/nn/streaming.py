@@ -21,9 +21,9 @@ class Stream:
         output, self.state = self.module.stream_chunk(chunk, self.state)
         return output, self.state
 
-    def reset(self) -> None:
-        """Forget the carried state (the next chunk starts from the module's initial state)."""
-        self.state = None
+    def reset(self, state: Tensor | None = None) -> None:
+        """Start over from ``state`` (default: the module's initial state)."""
+        self.state = state
 
 
 class StreamingMixin:
@@ -36,6 +36,14 @@ class StreamingMixin:
 
     def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step. x_t: (B, I) or unbatched (I,); state: (L, B, H) or (L, H) -> (y_t: (B, H), state)."""
+        if x_t.dim() not in (1, 2):
+            raise ValueError(f"{type(self).__name__}.step: Expected input to be 1D or 2D, got {x_t.dim()}D instead")
+        if state is not None and state.dim() != x_t.dim() + 1:
+            kind = "unbatched" if x_t.dim() == 1 else "batched"
+            raise RuntimeError(
+                f"For {kind} {x_t.dim()}-D input, hx should also be {x_t.dim() + 1}-D but got {state.dim()}-D tensor "
+                "(argument state: shape (num_layers, batch, hidden_size), or (num_layers, hidden_size) unbatched)"
+            )
         if x_t.dim() == 1:
             output, state = self.stream_chunk(x_t.unsqueeze(0), state)
             return output[0], state

@@ -95,6 +95,9 @@ def test_extension_arguments_are_checked(kwargs, words):
         grukit.GRU(3, 4, **kwargs)
 
 
-def test_dtype_mismatch_is_an_error_not_a_silent_cast():
-    with pytest.raises(RuntimeError):
-        grukit.GRU(3, 4)(torch.randn(5, 2, 3, dtype=torch.float64))
+@pytest.mark.parametrize("x", [torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(0, 2, 3)], ids=["dtype", "empty"])
+def test_dtype_mismatch_and_empty_sequence_match_torch(x):
+    expected = torch_error(lambda: torch.nn.GRU(3, 4)(x))
+    with pytest.raises(type(expected)) as caught:
+        grukit.GRU(3, 4)(x)
+    assert str(caught.value) == str(expected)

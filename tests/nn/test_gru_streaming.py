@@ -33,18 +33,20 @@ def test_chunks_of_any_length_concatenate_to_one_pass(
         layer_norm=layer_norm,
         learn_init=learn_init,
         zoneout=zoneout,
+        dtype=torch.float64,
     ).eval()
     if learn_init:
         with torch.no_grad():
             gru.initial_state.normal_()
     steps = sum(cuts)
     time_dim = 1 if batch_first else 0
-    x = torch.randn((2, steps, 3) if batch_first else (steps, 2, 3))
+    x = torch.randn((2, steps, 3) if batch_first else (steps, 2, 3), dtype=torch.float64)
     full, full_h = gru(x)
     stream = gru.stream()
     pieces = [stream(chunk)[0] for chunk in x.split(cuts, dim=time_dim)]
-    torch.testing.assert_close(torch.cat(pieces, time_dim), full, atol=1e-6, rtol=0)
-    torch.testing.assert_close(stream.state, full_h, atol=1e-6, rtol=0)
+    # float64: chunked GEMMs round differently from one big GEMM, so float32 agrees only to a few ulp
+    torch.testing.assert_close(torch.cat(pieces, time_dim), full, atol=1e-12, rtol=0)
+    torch.testing.assert_close(stream.state, full_h, atol=1e-12, rtol=0)
 
 
 def test_step_by_step_equals_forward_batched_and_unbatched():
