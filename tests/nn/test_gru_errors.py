@@ -18,40 +18,42 @@ def torch_error(fn):
     raise AssertionError("torch raised nothing")
 
 
-GRU_CASES = {
-    "feature size": (lambda m: m(torch.randn(5, 2, 7)), "input"),
-    "h0 shape": (lambda m: m(torch.randn(5, 2, 3), torch.randn(2, 2, 4)), "hx"),
-    "rank": (lambda m: m(torch.randn(5, 2, 3, 1)), "GRU"),
-    "unbatched input, batched h0": (lambda m: m(torch.randn(5, 3), torch.randn(1, 2, 4)), "hx"),
-    "batched input, unbatched h0": (lambda m: m(torch.randn(5, 2, 3), torch.randn(1, 4)), "hx"),
-    "unbatched h0 size": (lambda m: m(torch.randn(5, 3), torch.randn(2, 4)), "hx"),
+CASES = {
+    # (torch class, grukit class, call, the argument the message must name)
+    "feature size": (torch.nn.GRU, grukit.GRU, lambda m: m(torch.randn(5, 2, 7)), "input"),
+    "h0 shape": (torch.nn.GRU, grukit.GRU, lambda m: m(torch.randn(5, 2, 3), torch.randn(2, 2, 4)), "hx"),
+    "rank": (torch.nn.GRU, grukit.GRU, lambda m: m(torch.randn(5, 2, 3, 1)), "GRU"),
+    "unbatched input, batched h0": (
+        torch.nn.GRU,
+        grukit.GRU,
+        lambda m: m(torch.randn(5, 3), torch.randn(1, 2, 4)),
+        "hx",
+    ),
+    "batched input, unbatched h0": (
+        torch.nn.GRU,
+        grukit.GRU,
+        lambda m: m(torch.randn(5, 2, 3), torch.randn(1, 4)),
+        "hx",
+    ),
+    "unbatched h0 size": (torch.nn.GRU, grukit.GRU, lambda m: m(torch.randn(5, 3), torch.randn(2, 4)), "hx"),
+    "cell feature size": (torch.nn.GRUCell, grukit.GRUCell, lambda m: m(torch.randn(2, 7)), "input"),
+    "cell hidden size": (
+        torch.nn.GRUCell,
+        grukit.GRUCell,
+        lambda m: m(torch.randn(2, 3), torch.randn(2, 5)),
+        "hx",
+    ),
+    "cell batch": (torch.nn.GRUCell, grukit.GRUCell, lambda m: m(torch.randn(2, 3), torch.randn(3, 4)), "hx"),
+    "cell rank": (torch.nn.GRUCell, grukit.GRUCell, lambda m: m(torch.randn(2, 3, 3)), "GRUCell"),
 }
 
 
-@pytest.mark.parametrize("case", list(GRU_CASES))
-def test_gru_errors_match_torch(case):
-    call, argument = GRU_CASES[case]
-    expected = torch_error(lambda: call(torch.nn.GRU(3, 4)))
+@pytest.mark.parametrize("case", list(CASES))
+def test_input_errors_match_torch_and_name_the_argument(case):
+    theirs, ours, call, argument = CASES[case]
+    expected = torch_error(lambda: call(theirs(3, 4)))
     with pytest.raises(type(expected)) as caught:
-        call(grukit.GRU(3, 4))
-    assert str(expected) in str(caught.value)
-    assert argument in str(caught.value)
-
-
-CELL_CASES = {
-    "feature size": (lambda m: m(torch.randn(2, 7)), "input"),
-    "hidden size": (lambda m: m(torch.randn(2, 3), torch.randn(2, 5)), "hx"),
-    "batch": (lambda m: m(torch.randn(2, 3), torch.randn(3, 4)), "hx"),
-    "rank": (lambda m: m(torch.randn(2, 3, 3)), "GRUCell"),
-}
-
-
-@pytest.mark.parametrize("case", list(CELL_CASES))
-def test_cell_errors_match_torch(case):
-    call, argument = CELL_CASES[case]
-    expected = torch_error(lambda: call(torch.nn.GRUCell(3, 4)))
-    with pytest.raises(type(expected)) as caught:
-        call(grukit.GRUCell(3, 4))
+        call(ours(3, 4))
     assert str(expected) in str(caught.value)
     assert argument in str(caught.value)
 
