@@ -1,91 +1,123 @@
-"""The ``grukit`` command: ``grukit demo [key=value ...]``, ``grukit version``, ``grukit help``.
+"""The ``grukit`` command: ``grukit TASK MODE key=value ...``, plus ``grukit cfg | help | version | checks``.
 
-Arguments are ``key=value`` pairs. A usage error (unknown command or key, a bad value) prints one line to
-stderr and exits with status 2, never a traceback.
+A thin layer over ``grukit.Model``: the arguments are parsed and checked by ``grukit.workflow.config`` (the
+one parser), then ``Model(task, **cfg).train()`` (or ``.val()``, ``.predict()``, ``.export()``) runs. Any user
+error (unknown command or key, a bad value, bad data) prints one line ``grukit: ...`` to stderr and exits
+with status 2, never a traceback.
 """
 
 from __future__ import annotations
 
-import difflib
+import importlib.util
 import sys
+import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from grukit import __version__
-from grukit.demo import run
+from grukit.backends import dispatch
+from grukit.errors import ConfigError, GrukitError, did_you_mean
+from grukit.workflow.config import MODES, TASKS, defaults_text, parse_args
 
-USAGE = """usage: grukit COMMAND [key=value ...]
+USAGE = """usage: grukit TASK MODE [key=value ...]
+       grukit cfg | help | version | checks
 
-commands:
-  demo      train a small GRU forecaster on the bundled electricity demand data and compare it with
-            naive baselines on the last 14 days (MAE, RMSE, MASE); about 15 s on one core
-            keys: epochs=5 seed=0 hidden=64 threads=N (default: OMP_NUM_THREADS, else 1)
-  version   print the grukit and torch versions
-  help      print this message
+tasks:  forecast (classify, seq2seq: not implemented yet)
+modes:  train     train on data=... (default: bundled elecdemand), write runs/TASK/NAME/ and print test metrics
+        val       score a trained model (model=RUN_FOLDER or .safetensors; default: the latest run) on its test windows
+        predict   forecast the horizon after the last value of source=... (default: the model's data)
+        export    write format=onnx|torchscript next to the checkpoint and check it on real inputs
+        (benchmark, compare: not implemented yet)
+other:  cfg       print every key with its default (grukit/workflow/defaults.toml)
+        version   print the grukit, torch and python versions
+        checks    build the compute backends and print what this installation can use
+        demo      the same as `grukit forecast train`
 
-example: grukit demo epochs=3 seed=1"""
+examples:
+  grukit forecast train
+  grukit forecast train data=my.csv target=load known=temp epochs=20 hidden=32
+  grukit forecast train resume=True
+  grukit forecast predict model=runs/forecast/train
+  grukit forecast export model=runs/forecast/train format=onnx"""
 
-# key -> (default, smallest valid value); every value is an integer.
-DEMO_KEYS: dict[str, tuple[int | None, int]] = {
-    "epochs": (5, 1),
-    "seed": (0, 0),
-    "hidden": (64, 1),
-    "threads": (None, 1),
-}
-
-
-class UsageError(Exception):
-    """A command line grukit cannot run; the message is the one line printed on stderr."""
-
-
-def _closest(word: str, choices: Sequence[str]) -> str:
-    """' (did you mean X?)' with X the one of ``choices`` most similar to ``word`` (difflib's ratio)."""
-    return f" (did you mean {difflib.get_close_matches(word, choices, n=1, cutoff=0.0)[0]!r}?)"
+IMPLEMENTED_TASKS = ("forecast",)
+IMPLEMENTED_MODES = ("train", "val", "predict", "export")
 
 
-def parse_demo_args(args: Sequence[str]) -> dict[str, int | None]:
-    """``["epochs=3", "seed=1"]`` -> the keyword arguments of ``grukit.demo.run``, defaults filled in.
-
-    Raises UsageError naming the key: for an argument without '=', an unknown key (with the closest valid
-    key), a repeated key, or a value that is not an integer in range.
-    """
-    values: dict[str, int | None] = {key: default for key, (default, _) in DEMO_KEYS.items()}
-    seen: set[str] = set()
-    valid = ", ".join(DEMO_KEYS)
-    for arg in args:
-        key, sep, text = arg.partition("=")
-        if not sep and key in DEMO_KEYS:
-            default, smallest = DEMO_KEYS[key]
-            raise UsageError(f"demo: key {key!r} needs a value, e.g. {key}={smallest if default is None else default}")
-        if not sep:
-            raise UsageError(f"demo: expected key=value, got {arg!r}; keys: {valid}")
-        if key not in DEMO_KEYS:
-            raise UsageError(f"demo: unknown key {key!r}{_closest(key, list(DEMO_KEYS))}; keys: {valid}")
-        if key in seen:
-            raise UsageError(f"demo: key {key!r} given twice")
-        seen.add(key)
-        smallest = DEMO_KEYS[key][1]
-        try:
-            number = int(text)
-        except ValueError:
-            number = None
-        if number is None or number < smallest:
-            expected = "a positive integer" if smallest == 1 else f"an integer >= {smallest}"
-            raise UsageError(f"demo: bad value for {key}: {text!r} is not {expected}")
-        values[key] = number
-    return values
+def _latest_run(project: str, task: str) -> str:
+    runs = sorted(Path(project, task).glob("*/weights/best.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"no trained model in {Path(project, task)}; train one, or give model=PATH")
+    print(f"using the latest trained model: {runs[-1].parent.parent}", file=sys.stderr)
+    return str(runs[-1])
 
 
-def _demo(args: Sequence[str]) -> int:
-    run(**parse_demo_args(args))
+def run_task(task: str, mode: str, args: Sequence[str]) -> int:
+    """``grukit TASK MODE key=value ...``: parse, check and call ``grukit.Model``."""
+    from grukit.workflow.model import Model
+
+    overrides = parse_args(args)
+    for key, expected in (("task", task), ("mode", mode)):
+        if key in overrides and overrides[key] != expected:
+            raise ConfigError(f"{key}={overrides[key]} contradicts the command's {key} {expected!r}")
+        overrides.pop(key, None)
+    if task not in IMPLEMENTED_TASKS:
+        raise ConfigError(f"task {task!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED_TASKS)}")
+    if mode not in IMPLEMENTED_MODES:
+        raise ConfigError(f"mode {mode!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED_MODES)}")
+    if mode == "train":
+        Model(task, **overrides).train()
+        return 0
+    project = overrides.get("project", "runs")
+    model = overrides.pop("model", None) or _latest_run(project, task)
+    if model in ("gru",):
+        raise ConfigError(f"{mode} needs a trained model: model=RUN_FOLDER or model=FILE.safetensors")
+    trained = Model(task, model=model, **overrides)
+    if mode == "val":
+        trained.val()
+    elif mode == "predict":
+        trained.predict()
+    else:
+        trained.export(trained.cfg["format"])
+    return 0
+
+
+def _cfg(args: Sequence[str]) -> int:
+    if args:
+        raise ConfigError(f"cfg takes no arguments, got {' '.join(args)!r}")
+    print(defaults_text(), end="")
     return 0
 
 
 def _version(args: Sequence[str]) -> int:
     if args:
-        raise UsageError(f"version takes no arguments, got {' '.join(args)!r}")
+        raise ConfigError(f"version takes no arguments, got {' '.join(args)!r}")
     print(f"grukit {__version__} (torch {torch.__version__}, python {sys.version.split()[0]})")
+    return 0
+
+
+def _checks(args: Sequence[str]) -> int:
+    if args:
+        raise ConfigError(f"checks takes no arguments, got {' '.join(args)!r}")
+    _version([])
+    print(f"torch threads: {torch.get_num_threads()}; CUDA: {torch.cuda.is_available()}")
+    for package in ("safetensors", "matplotlib", "onnx", "onnxruntime"):
+        found = importlib.util.find_spec(package) is not None
+        print(f"{package}: {'installed' if found else 'missing'}")
+    for name in dispatch.names():  # loading builds (or finds cached) kernels: the first time takes about a minute
+        started = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend = dispatch.load(name)
+        seconds = time.perf_counter() - started
+        if backend is not None:
+            print(f"backend {name}: ready ({seconds:.1f} s)")
+        else:
+            reason = str(caught[0].message) if caught else "unavailable"
+            print(f"backend {name}: not available here: {reason}")
     return 0
 
 
@@ -94,13 +126,14 @@ def _help(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"demo": _demo, "version": _version, "help": _help}
+COMMANDS = {"cfg": _cfg, "version": _version, "checks": _checks, "help": _help}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grukit command line. argv: the arguments after the program name (default: sys.argv[1:]).
 
-    Returns the exit status: 0 on success, 2 on a usage error (one line on stderr).
+    Returns the exit status: 0 on success, 2 on a usage or data error (one line on stderr), 130 when
+    interrupted (a training run can then be resumed).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     command, rest = (args[0], args[1:]) if args else ("", [])
@@ -108,12 +141,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "help"
     try:
         if not command:
-            raise UsageError("no command given; try 'grukit help'")
+            raise ConfigError("no command given; try 'grukit help'")
+        if command == "demo":
+            return run_task("forecast", "train", rest)
+        if command in TASKS:
+            if not rest or "=" in rest[0]:
+                raise ConfigError(
+                    f"{command}: give a mode first, one of {', '.join(MODES)}; e.g. grukit {command} train"
+                )
+            if rest[0] not in MODES:
+                raise ConfigError(f"unknown mode {rest[0]!r}{did_you_mean(rest[0], MODES)}; modes: {', '.join(MODES)}")
+            return run_task(command, rest[0], rest[1:])
         if command not in COMMANDS:
-            raise UsageError(
-                f"unknown command {command!r}{_closest(command, list(COMMANDS))}; commands: demo, version, help"
+            choices = [*TASKS, *COMMANDS, "demo"]
+            raise ConfigError(
+                f"unknown command {command!r}{did_you_mean(command, choices)}; commands: {', '.join(choices)}"
             )
         return COMMANDS[command](rest)
-    except UsageError as err:
+    except GrukitError as err:
         print(f"grukit: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("grukit: interrupted; continue a training run with 'grukit TASK train resume=True'", file=sys.stderr)
+        return 130

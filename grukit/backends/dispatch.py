@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from grukit.backends.contract import Backend, GRUConfig
@@ -29,13 +30,15 @@ _loaded: dict[str, Backend | None] = {}
 
 def register(name: str, loader: Callable[[], Backend], priority: int) -> None:
     """Make a backend available; higher priority is tried first (the reference has priority 0)."""
+    _loaders.pop(name, None)  # re-registering counts as registering last
     _loaders[name] = (priority, loader)
     _loaded.pop(name, None)
 
 
 def names() -> list[str]:
-    """Registered backend names, highest priority first."""
-    return sorted(_loaders, key=lambda n: -_loaders[n][0])
+    """Registered backend names, highest priority first; among equals, the one registered last (a user's own)."""
+    order = list(_loaders)
+    return sorted(_loaders, key=lambda n: (-_loaders[n][0], -order.index(n)))
 
 
 def load(name: str) -> Backend | None:
@@ -43,6 +46,8 @@ def load(name: str) -> Backend | None:
     if name not in _loaders:
         raise ValueError(f"unknown grukit backend {name!r}; choose one of {names()}")
     if name not in _loaded:
+        if name != "reference" and torch.compiler.is_compiling():
+            return None  # a loader may compile C++: never inside a trace (an eager call loads it)
         try:
             _loaded[name] = _loaders[name][1]()
         except Exception as err:  # a failed build must not stop the user: warn once, use the others
@@ -61,6 +66,8 @@ def _select(reason_of: Callable[[Backend], str | None], what: str) -> Backend:
     if name is not None:
         backend = load(name)
         if backend is None:
+            if name not in _loaded:
+                raise BackendUnavailable(f"{ENV_VAR}={name}: backends are not loaded inside a torch.compile trace")
             raise BackendUnavailable(f"{ENV_VAR}={name}: the backend failed to load (see the warning above)")
         reason = reason_of(backend)
         if reason is not None:
@@ -83,4 +90,11 @@ def mingru_backend(x: Tensor) -> Backend:
     return _select(lambda b: b.supports_mingru(x), "MinGRU call")
 
 
+def _load_cpu() -> Backend:
+    from grukit.backends.cpu import load_backend  # imported and built on the first GRU call, not on import grukit
+
+    return load_backend()
+
+
 register("reference", ReferenceBackend, priority=0)
+register("cpu", _load_cpu, priority=10)

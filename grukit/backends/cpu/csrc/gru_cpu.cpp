@@ -1,0 +1,642 @@
+// grukit's fused CPU GRU: one layer, one direction, forward (inference and training) and backward through time.
+//
+// Shapes (PyTorch gate order r, z, n everywhere):
+//   x: (T, B, I)   h0: (B, H)   w_ih: (3H, I)   w_hh: (3H, H)   b_ih, b_hh: (3H,) or none   lengths: (B,) int64
+//   y: (T, B, H) in input time order   h_n: (B, H)
+//
+// Forward: one GEMM gi = x W_ih^T + b_ih (+ the r/z parts of b_hh, all of b_hh when reset_after is false), then a
+// time loop in which each step computes h W_hh^T from a W_hh packed once per call so that each panel holds the r,
+// z and n rows of the same kV hidden units, with the gate math applied from registers. The loop allocates
+// nothing and calls no ATen operator. Training saves the gates and the state entering each step.
+//
+// Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
+// batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
+//
+// Vectors are GCC vector extensions sized to the widest ISA the compiler targets (-march=native picks AVX-512 or
+// AVX2; anything else gets 16-byte vectors), so the same source builds everywhere.
+
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace {
+
+#define GRUKIT_INLINE inline __attribute__((always_inline))
+
+// Batch rows per micro-kernel: R rows x 3 gates accumulators, plus 3 weight vectors and a broadcast, must fit the
+// vector registers (32 with AVX-512, 16 otherwise).
+#ifndef GRUKIT_MAX_ROWS
+#if defined(__AVX512F__)
+#define GRUKIT_MAX_ROWS 8
+#else
+#define GRUKIT_MAX_ROWS 3
+#endif
+#endif
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int kMaxRows = GRUKIT_MAX_ROWS;
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int N = kVecBytes / 4;
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int N = kVecBytes / 8;
+};
+
+// Loads and stores of n <= N lanes (n == N is the hot path; the tail pads with zeros).
+template <typename T>
+GRUKIT_INLINE typename Simd<T>::V load(const T* p /* (n,) */, int n) {
+  typename Simd<T>::V v;
+  if (n == Simd<T>::N) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    v = typename Simd<T>::V{};
+    std::memcpy(&v, p, n * sizeof(T));
+  }
+  return v;
+}
+
+template <typename T>
+GRUKIT_INLINE void store(T* p /* (n,) */, typename Simd<T>::V v, int n) {
+  if (n == Simd<T>::N) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    std::memcpy(p, &v, n * sizeof(T));
+  }
+}
+
+// A broadcast; the initializer form compiles to one vbroadcastss/sd (a loop of lane stores does not).
+template <typename T, size_t... L>
+GRUKIT_INLINE typename Simd<T>::V splat_impl(T s, std::index_sequence<L...>) {
+  return typename Simd<T>::V{((void)L, s)...};
+}
+template <typename T>
+GRUKIT_INLINE typename Simd<T>::V splat(T s) {
+  return splat_impl<T>(s, std::make_index_sequence<Simd<T>::N>{});
+}
+
+// ------------------------------------------------------------------------------------------------ activations
+
+using VF = Simd<float>::V;
+using IF = Simd<float>::I;
+
+// exp(x) for float lanes, Cephes' polynomial: about 1 ulp relative error on [-87.3, 88].
+GRUKIT_INLINE VF exp_f(VF x) {
+  const VF lo = splat<float>(-87.3f), hi = splat<float>(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const VF magic = splat<float>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  VF n = (x * 1.44269504088896341f + magic) - magic;
+  VF r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  VF p = splat<float>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  IF bits = (__builtin_convertvector(n, IF) + 127) << 23;
+  return p * (VF)bits;
+}
+
+GRUKIT_INLINE VF sigmoid_v(VF x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+// tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow, absolute error about 1e-7.
+GRUKIT_INLINE VF tanh_v(VF x) {
+  VF a = x < 0.0f ? -x : x;
+  VF e = exp_f(-2.0f * a);
+  VF t = (1.0f - e) / (1.0f + e);
+  return x < 0.0f ? -t : t;
+}
+
+// float64 lanes: libm per lane (float64 is for gradcheck and accuracy, not speed).
+using VD = Simd<double>::V;
+inline VD sigmoid_v(VD x) {
+  VD out;
+  for (int i = 0; i < Simd<double>::N; ++i) out[i] = 1.0 / (1.0 + std::exp(-x[i]));
+  return out;
+}
+inline VD tanh_v(VD x) {
+  VD out;
+  for (int i = 0; i < Simd<double>::N; ++i) out[i] = std::tanh(x[i]);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ packing
+
+// Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p < ceil(H/N).
+template <typename T>
+void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t row0, int G,
+                      T* out /* (P, K, G, N) */) {
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int g = 0; g < G; ++g)
+        for (int l = 0; l < N; ++l) {
+          const int64_t j = p * N + l;
+          out[((p * K + k) * G + g) * N + l] = j < H ? w[(row0 + g * H + j) * K + k] : T(0);
+        }
+}
+
+// Backward packing (the transpose): out[p][m][l] = w[m][p*N + l] (0 past H), m < M = 3H rows.
+template <typename T>
+void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /* (P, M, N) */) {
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t m = 0; m < M; ++m)
+      for (int l = 0; l < N; ++l) {
+        const int64_t j = p * N + l;
+        out[(p * M + m) * N + l] = j < H ? w[m * H + j] : T(0);
+      }
+}
+
+// ------------------------------------------------------------------------------------------------ micro-kernel
+
+// acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units.
+template <typename T, int R, int G>
+GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
+                          const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = V{};
+  if constexpr (R == 1) {
+    // One row: 4 independent accumulator chains over k hide the FMA latency (a stream of W at load bandwidth).
+    V a1[G] = {}, a2[G] = {}, a3[G] = {};
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const T* w = panel + k * G * N;
+      const V s0 = splat<T>(src[k]), s1 = splat<T>(src[k + 1]), s2 = splat<T>(src[k + 2]), s3 = splat<T>(src[k + 3]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        acc[0][g] += s0 * load<T>(w + g * N, N);
+        a1[g] += s1 * load<T>(w + (G + g) * N, N);
+        a2[g] += s2 * load<T>(w + (2 * G + g) * N, N);
+        a3[g] += s3 * load<T>(w + (3 * G + g) * N, N);
+      }
+    }
+    for (; k < K; ++k) {
+      const V s = splat<T>(src[k]);
+      for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + (k * G + g) * N, N);
+    }
+    for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      V w[G];
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + (k * G + g) * N, N);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const V s = splat<T>(src[r * ld + k]);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) acc[r][g] += s * w[g];
+      }
+    }
+  }
+}
+
+template <int R>
+using Rows = std::integral_constant<int, R>;
+
+// Calls body(Rows<R>{}, b0) over row blocks of R in {kMaxRows, 4, 2, 1} covering [0, B).
+template <typename F>
+inline void for_row_blocks(int64_t B, F&& body) {
+  int64_t b0 = 0;
+  for (; b0 + kMaxRows <= B; b0 += kMaxRows) body(Rows<kMaxRows>{}, b0);
+  if constexpr (kMaxRows > 4) {
+    for (; b0 + 4 <= B; b0 += 4) body(Rows<4>{}, b0);
+  }
+  if constexpr (kMaxRows > 2) {
+    for (; b0 + 2 <= B; b0 += 2) body(Rows<2>{}, b0);
+  }
+  for (; b0 < B; b0 += 1) body(Rows<1>{}, b0);
+}
+
+GRUKIT_INLINE bool valid_step(const int64_t* lengths /* (B,) or null */, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// ------------------------------------------------------------------------------------------------ forward loop
+
+template <typename T, bool kResetAfter, bool kTrain>
+void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
+                  const T* wpack /* reset_after: (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N) */,
+                  const T* b_hn /* (H,) or null; reset_after only */, const T* h0 /* (B, H) */,
+                  const int64_t* lengths /* (B,) or null */, T* y /* (T, B, H) out */, T* h_n /* (B, H) out */,
+                  T* gates /* training: reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
+                  T* hs /* training: (T, B, H) state entering each step */,
+                  T* work /* (3, B, H) scratch: two state buffers and r*h (or z) */, int64_t steps, int64_t B,
+                  int64_t H, bool reverse) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  const int64_t G3 = 3 * H;
+  const int64_t gate_stride = kResetAfter ? 4 * H : 3 * H;
+  T* h_cur = work;
+  T* h_next = work + B * H;
+  T* scratch = work + 2 * B * H;  // reset_after=false: r * h for the n product
+  std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  const T* wn = wpack + P * H * 2 * N;  // reset_after=false: the n panels after the r/z ones
+
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = reverse ? steps - 1 - s : s;
+    const T* gi_t = gi + t * B * G3;
+    T* y_t = y + t * B * H;
+    if constexpr (kResetAfter) {
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wpack + p * H * 3 * N;
+        const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][3];
+          panel_product<T, R, 3>(h_cur + b0 * H, H, H, panel, acc);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const int64_t b = b0 + r;
+            const V hp = load<T>(h_cur + b * H + j0, n);
+            if (!valid_step(lengths, b, t)) {
+              store<T>(h_next + b * H + j0, hp, n);
+              store<T>(y_t + b * H + j0, V{}, n);
+              if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
+              continue;
+            }
+            const T* g = gi_t + b * G3 + j0;
+            const V rg = sigmoid_v(load<T>(g, n) + acc[r][0]);
+            const V zg = sigmoid_v(load<T>(g + H, n) + acc[r][1]);
+            const V hn = acc[r][2] + bn;
+            const V ng = tanh_v(load<T>(g + 2 * H, n) + rg * hn);
+            const V hnew = ng + zg * (hp - ng);
+            store<T>(h_next + b * H + j0, hnew, n);
+            store<T>(y_t + b * H + j0, hnew, n);
+            if constexpr (kTrain) {
+              T* gs = gates + (t * B + b) * gate_stride + j0;
+              store<T>(gs, rg, n);
+              store<T>(gs + H, zg, n);
+              store<T>(gs + 2 * H, ng, n);
+              store<T>(gs + 3 * H, hn, n);
+              store<T>(hs + (t * B + b) * H + j0, hp, n);
+            }
+          }
+        });
+      }
+    } else {
+      // Phase 1: r and z from h; r * h into scratch, z into h_next (overwritten in phase 2).
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wpack + p * H * 2 * N;
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][2];
+          panel_product<T, R, 2>(h_cur + b0 * H, H, H, panel, acc);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const int64_t b = b0 + r;
+            const T* g = gi_t + b * G3 + j0;
+            const V rg = sigmoid_v(load<T>(g, n) + acc[r][0]);
+            const V zg = sigmoid_v(load<T>(g + H, n) + acc[r][1]);
+            store<T>(scratch + b * H + j0, rg * load<T>(h_cur + b * H + j0, n), n);
+            store<T>(h_next + b * H + j0, zg, n);
+            if constexpr (kTrain) {
+              T* gs = gates + (t * B + b) * gate_stride + j0;
+              store<T>(gs, rg, n);
+              store<T>(gs + H, zg, n);
+            }
+          }
+        });
+      }
+      // Phase 2: n from r * h, then the new state.
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wn + p * H * N;
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][1];
+          panel_product<T, R, 1>(scratch + b0 * H, H, H, panel, acc);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const int64_t b = b0 + r;
+            const V hp = load<T>(h_cur + b * H + j0, n);
+            if (!valid_step(lengths, b, t)) {
+              store<T>(h_next + b * H + j0, hp, n);
+              store<T>(y_t + b * H + j0, V{}, n);
+              if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
+              continue;
+            }
+            const V zg = load<T>(h_next + b * H + j0, n);
+            const V ng = tanh_v(load<T>(gi_t + b * G3 + 2 * H + j0, n) + acc[r][0]);
+            const V hnew = ng + zg * (hp - ng);
+            store<T>(h_next + b * H + j0, hnew, n);
+            store<T>(y_t + b * H + j0, hnew, n);
+            if constexpr (kTrain) {
+              store<T>(gates + (t * B + b) * gate_stride + 2 * H + j0, ng, n);
+              store<T>(hs + (t * B + b) * H + j0, hp, n);
+            }
+          }
+        });
+      }
+    }
+    std::swap(h_cur, h_next);
+  }
+  std::memcpy(h_n, h_cur, sizeof(T) * B * H);
+}
+
+// ------------------------------------------------------------------------------------------------ backward loop
+
+template <typename T, bool kResetAfter>
+void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) or null */,
+                   const T* gates /* reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
+                   const T* hs /* (T, B, H) state entering each step */,
+                   const T* wpack /* (P, 3H, N): the columns of W_hh, packed by pack_column_panels */,
+                   const int64_t* lengths /* (B,) or null */,
+                   T* dgi /* (T, B, 3H) out: gradient of the gate pre-activations on the input side */,
+                   T* dgh /* reset_after: (T, B, 3H) out, gradient of W_hh h (+ b_hh); else null (equals dgi) */,
+                   T* dh0 /* (B, H) out */, T* work /* (2, B, H) scratch */, int64_t steps, int64_t B, int64_t H,
+                   bool reverse) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  const int64_t G3 = 3 * H;
+  const int64_t gate_stride = kResetAfter ? 4 * H : 3 * H;
+  T* dh_cur = work;           // gradient w.r.t. the state after the step being processed
+  T* dh_next = work + B * H;  // gradient w.r.t. the state before it
+  if (dh_n) {
+    std::memcpy(dh_cur, dh_n, sizeof(T) * B * H);
+  } else {
+    std::memset(dh_cur, 0, sizeof(T) * B * H);
+  }
+  const V one = splat<T>(T(1));
+
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const int64_t t = reverse ? steps - 1 - s : s;
+    // Phase A: elementwise gate gradients (all but dr when reset_after is false).
+    for (int64_t b = 0; b < B; ++b) {
+      const bool valid = valid_step(lengths, b, t);
+      const T* gs = gates + (t * B + b) * gate_stride;
+      const T* hp_row = hs + (t * B + b) * H;
+      T* dgi_row = dgi + (t * B + b) * G3;
+      T* dgh_row = kResetAfter ? dgh + (t * B + b) * G3 : nullptr;
+      for (int64_t j0 = 0; j0 < H; j0 += N) {
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        V dh = load<T>(dh_cur + b * H + j0, n);
+        if (!valid) {
+          store<T>(dh_next + b * H + j0, dh, n);
+          for (int g = 0; g < 3; ++g) {
+            store<T>(dgi_row + g * H + j0, V{}, n);
+            if constexpr (kResetAfter) store<T>(dgh_row + g * H + j0, V{}, n);
+          }
+          continue;
+        }
+        if (dy) dh += load<T>(dy + (t * B + b) * H + j0, n);
+        const V r = load<T>(gs + j0, n), z = load<T>(gs + H + j0, n), nn = load<T>(gs + 2 * H + j0, n);
+        const V hp = load<T>(hp_row + j0, n);
+        const V dz = dh * (hp - nn);
+        const V dnp = dh * (one - z) * (one - nn * nn);
+        const V dzp = dz * z * (one - z);
+        store<T>(dh_next + b * H + j0, dh * z, n);
+        store<T>(dgi_row + H + j0, dzp, n);
+        store<T>(dgi_row + 2 * H + j0, dnp, n);
+        if constexpr (kResetAfter) {
+          const V hn = load<T>(gs + 3 * H + j0, n);
+          const V drp = dnp * hn * r * (one - r);
+          store<T>(dgi_row + j0, drp, n);
+          store<T>(dgh_row + j0, drp, n);
+          store<T>(dgh_row + H + j0, dzp, n);
+          store<T>(dgh_row + 2 * H + j0, dnp * r, n);
+        }
+      }
+    }
+    if constexpr (kResetAfter) {
+      // Phase B: dh_prev += dgh W_hh over all 3H rows.
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wpack + p * G3 * N;
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][1];
+          panel_product<T, R, 1>(dgh + (t * B + b0) * G3, G3, G3, panel, acc);
+          for (int r = 0; r < R; ++r) {
+            T* d = dh_next + (b0 + r) * H + j0;
+            store<T>(d, load<T>(d, n) + acc[r][0], n);
+          }
+        });
+      }
+    } else {
+      // Phase B1: d(r*h) = dn_pre W_hn; dr_pre from it, and its direct share of dh_prev.
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wpack + (p * G3 + 2 * H) * N;
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][1];
+          panel_product<T, R, 1>(dgi + (t * B + b0) * G3 + 2 * H, G3, H, panel, acc);
+          for (int r = 0; r < R; ++r) {
+            const int64_t b = b0 + r;
+            const V rg = load<T>(gates + (t * B + b) * gate_stride + j0, n);
+            const V hp = load<T>(hs + (t * B + b) * H + j0, n);
+            const V drp = acc[r][0] * hp * rg * (one - rg);
+            store<T>(dgi + (t * B + b) * G3 + j0, valid_step(lengths, b, t) ? drp : V{}, n);
+            T* d = dh_next + b * H + j0;
+            store<T>(d, load<T>(d, n) + acc[r][0] * rg, n);
+          }
+        });
+      }
+      // Phase B2: dh_prev += [dr_pre, dz_pre] W_hrz.
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const T* panel = wpack + p * G3 * N;
+        for_row_blocks(B, [&](auto rows, int64_t b0) {
+          constexpr int R = decltype(rows)::value;
+          V acc[R][1];
+          panel_product<T, R, 1>(dgi + (t * B + b0) * G3, G3, 2 * H, panel, acc);
+          for (int r = 0; r < R; ++r) {
+            T* d = dh_next + (b0 + r) * H + j0;
+            store<T>(d, load<T>(d, n) + acc[r][0], n);
+          }
+        });
+      }
+    }
+    std::swap(dh_cur, dh_next);
+  }
+  std::memcpy(dh0, dh_cur, sizeof(T) * B * H);
+}
+
+// ------------------------------------------------------------------------------------------------ bindings
+
+void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh) {
+  TORCH_CHECK(x.device().is_cpu(), "grukit cpu backend: x must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "grukit cpu backend: float32 or float64 only, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 3 && h0.dim() == 2 && w_ih.dim() == 2 && w_hh.dim() == 2, "grukit cpu backend: bad ranks");
+  for (const auto* t : {&h0, &w_ih, &w_hh})
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                "grukit cpu backend: h0 and weights must match x's dtype and device");
+  const int64_t H = h0.size(1);
+  TORCH_CHECK(w_hh.size(0) == 3 * H && w_hh.size(1) == H && w_ih.size(0) == 3 * H && w_ih.size(1) == x.size(2) &&
+                  h0.size(0) == x.size(1),
+              "grukit cpu backend: inconsistent shapes");
+}
+
+// Returns (y, h_n, gates, hs); gates and hs are empty unless train.
+std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, const at::Tensor& h0_in /* (B, H) */,
+                                    const at::Tensor& w_ih_in /* (3H, I) */, const at::Tensor& w_hh_in /* (3H, H) */,
+                                    const std::optional<at::Tensor>& b_ih /* (3H,) */,
+                                    const std::optional<at::Tensor>& b_hh /* (3H,) */,
+                                    const std::optional<at::Tensor>& lengths_in /* (B,) */, bool reset_after,
+                                    bool reverse, bool train) {
+  check_inputs(x_in, h0_in, w_ih_in, w_hh_in);
+  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous();
+  const at::Tensor w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  const at::Tensor x2 = x.reshape({T * B, I});
+  at::Tensor gi;
+  at::Tensor b_hn;
+  if (b_ih.has_value() && b_hh.has_value()) {
+    at::Tensor fold = b_ih->contiguous().clone();
+    if (reset_after) {
+      fold.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
+      b_hn = b_hh->narrow(0, 2 * H, H).contiguous();
+    } else {
+      fold.add_(*b_hh);
+    }
+    gi = at::addmm(fold, x2, w_ih.t());
+  } else {
+    gi = at::mm(x2, w_ih.t());
+  }
+  at::Tensor lengths;
+  if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
+  auto opts = x.options();
+  at::Tensor y = at::empty({T, B, H}, opts);
+  at::Tensor h_n = at::empty({B, H}, opts);
+  at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
+  at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
+  at::Tensor work = at::empty({3 * B * H}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    at::Tensor wpack = at::empty({P * H * 3 * N}, opts);
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* wp = wpack.data_ptr<scalar_t>();
+    if (reset_after) {
+      pack_gate_panels<scalar_t>(w, H, H, 0, 3, wp);
+    } else {
+      pack_gate_panels<scalar_t>(w, H, H, 0, 2, wp);
+      pack_gate_panels<scalar_t>(w, H, H, 2 * H, 1, wp + P * H * 2 * N);
+    }
+    const scalar_t* bhn = b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr;
+    const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+    scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
+    scalar_t* hp = train ? hs.data_ptr<scalar_t>() : nullptr;
+    auto run = [&](auto kernel) {
+      kernel(gi.data_ptr<scalar_t>(), wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
+             h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse);
+    };
+    if (reset_after) {
+      train ? run(forward_loop<scalar_t, true, true>) : run(forward_loop<scalar_t, true, false>);
+    } else {
+      train ? run(forward_loop<scalar_t, false, true>) : run(forward_loop<scalar_t, false, false>);
+    }
+  });
+  return {y, h_n, gates, hs};
+}
+
+// Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); dx is empty unless need_dx, the biases unless has_bias.
+std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (T, B, H) */,
+                                     const std::optional<at::Tensor>& dh_n_in /* (B, H) */,
+                                     const at::Tensor& x_in /* (T, B, I) */, const at::Tensor& w_ih_in /* (3H, I) */,
+                                     const at::Tensor& w_hh_in /* (3H, H) */,
+                                     const at::Tensor& gates /* (T, B, 4H) or (T, B, 3H) from gru_forward */,
+                                     const at::Tensor& hs /* (T, B, H) from gru_forward */,
+                                     const std::optional<at::Tensor>& lengths_in /* (B,) */, bool reset_after,
+                                     bool reverse, bool has_bias, bool need_dx) {
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
+  auto opts = x.options();
+  at::Tensor dy = dy_in.has_value() ? dy_in->contiguous() : at::Tensor();
+  at::Tensor dh_n = dh_n_in.has_value() ? dh_n_in->contiguous() : at::Tensor();
+  at::Tensor lengths;
+  if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
+  at::Tensor dgi = at::empty({T, B, 3 * H}, opts);
+  at::Tensor dgh = reset_after ? at::empty({T, B, 3 * H}, opts) : dgi;
+  at::Tensor dh0 = at::empty({B, H}, opts);
+  at::Tensor work = at::empty({2 * B * H}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_backward", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    at::Tensor wpack = at::empty({P * 3 * H * N}, opts);
+    pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>());
+    const scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* dhp = dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr;
+    const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+    if (reset_after) {
+      backward_loop<scalar_t, true>(dyp, dhp, gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+                                    wpack.data_ptr<scalar_t>(), len, dgi.data_ptr<scalar_t>(),
+                                    dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T,
+                                    B, H, reverse);
+    } else {
+      backward_loop<scalar_t, false>(dyp, dhp, gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
+                                     wpack.data_ptr<scalar_t>(), len, dgi.data_ptr<scalar_t>(), nullptr,
+                                     dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T, B, H, reverse);
+    }
+  });
+
+  const at::Tensor dgi2 = dgi.view({T * B, 3 * H});
+  const at::Tensor hs2 = hs.view({T * B, H});
+  at::Tensor dx = need_dx ? at::mm(dgi2, w_ih).view({T, B, I}) : at::Tensor();
+  at::Tensor dw_ih = at::mm(dgi2.t(), x.view({T * B, I}));
+  at::Tensor dw_hh;
+  at::Tensor db_ih, db_hh;
+  if (reset_after) {
+    const at::Tensor dgh2 = dgh.view({T * B, 3 * H});
+    dw_hh = at::mm(dgh2.t(), hs2);
+    if (has_bias) db_hh = dgh2.sum(0);
+  } else {
+    const at::Tensor rh = gates.view({T * B, 3 * H}).narrow(1, 0, H) * hs2;  // r * h entering each step
+    dw_hh = at::cat({at::mm(dgi2.narrow(1, 0, 2 * H).t(), hs2), at::mm(dgi2.narrow(1, 2 * H, H).t(), rh)});
+  }
+  if (has_bias) {
+    db_ih = dgi2.sum(0);
+    if (!reset_after) db_hh = db_ih.clone();
+  }
+  return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "grukit fused CPU GRU kernels";
+  m.def("forward", &gru_forward, "GRU layer forward: (y, h_n, gates, hs)");
+  m.def("backward", &gru_backward, "GRU layer backward: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)");
+  m.def("vector_bytes", [] { return kVecBytes; }, "SIMD vector width in bytes the extension was built for");
+}

@@ -1,0 +1,19 @@
+"""Tasks: what to learn from which data (forecast; classify and seq2seq to come), each with its data checks,
+network, loss, metrics, baselines and export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grukit.errors import ConfigError
+
+IMPLEMENTED = ("forecast",)
+
+
+def get_task(name: str) -> Any:
+    """The task class for ``name``; ConfigError for a task that is not implemented yet."""
+    if name == "forecast":
+        from grukit.tasks.forecast.task import ForecastTask
+
+        return ForecastTask
+    raise ConfigError(f"task {name!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED)}")

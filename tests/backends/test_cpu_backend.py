@@ -1,0 +1,245 @@
+"""The fused C++ cpu backend: every supported configuration held to the reference, gradcheck, declines, build cache.
+
+Each test runs the same module twice, once with GRUKIT_BACKEND=cpu and once with GRUKIT_BACKEND=reference, so
+a silent fallback cannot pass for the kernel. Skipped (with the reason) only on a machine without a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
+
+import grukit
+from grukit.backends import dispatch
+
+if shutil.which(os.environ.get("CXX", "c++")) is None:
+    pytest.skip("no C++ compiler: the cpu backend cannot be built here", allow_module_level=True)
+
+from grukit.backends.cpu import CpuBackend, load_extension
+from grukit.backends.cpu.build import BASE_FLAGS, NATIVE_FLAGS, build_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension():
+    """Build (or load the cached) extension once for the module; a build failure fails loudly here."""
+    return load_extension()
+
+
+def _run(backend: str, gru: torch.nn.Module, x, h0, lengths, monkeypatch) -> list[torch.Tensor]:
+    """Outputs, h_n and the gradients of x, h0 and every parameter under one forced backend."""
+    monkeypatch.setenv(dispatch.ENV_VAR, backend)
+    xs = x.detach().clone().requires_grad_()
+    hs = None if h0 is None else h0.detach().clone().requires_grad_()
+    gru.zero_grad(set_to_none=True)
+    y, h_n = gru(xs, hs, lengths=lengths)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)  # distinct weights: no cancelling
+    ((y * weights).sum() + (h_n * h_n).sum()).backward()
+    grads = [xs.grad] + ([] if hs is None else [hs.grad])
+    grads += [p.grad if p.grad is not None else torch.zeros_like(p) for p in gru.parameters()]
+    return [y.detach(), h_n.detach(), *grads]
+
+
+def _assert_same(gru, x, h0, lengths, monkeypatch, atol=1e-5) -> None:
+    expected = _run("reference", gru, x, h0, lengths, monkeypatch)
+    got = _run("cpu", gru, x, h0, lengths, monkeypatch)
+    names = ["output", "h_n", "dx"] + (["dh0"] if h0 is not None else []) + [n for n, _ in gru.named_parameters()]
+    for name, a, b in zip(names, expected, got, strict=True):
+        torch.testing.assert_close(b, a, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_float32_matches_the_reference(reset_after, bias, direction, use_lengths, monkeypatch):
+    torch.manual_seed(0)
+    gru = grukit.GRU(
+        7,
+        37,  # not a multiple of any vector width: exercises the tail lanes
+        num_layers=2,
+        bias=bias,
+        bidirectional=direction == "bidirectional",
+        reverse=direction == "reverse",
+        reset_after=reset_after,
+    )
+    batch = 9  # one full row block plus a remainder on every ISA
+    x = torch.randn(11, batch, 7)
+    h0 = torch.randn(2 * (2 if direction == "bidirectional" else 1), batch, 37)
+    lengths = torch.tensor([11, 3, 0, 7, 11, 1, 5, 10, 2]) if use_lengths else None
+    _assert_same(gru, x, h0, lengths, monkeypatch)
+
+
+@pytest.mark.parametrize("hidden", [64, 256])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_float32_benchmark_sizes_match_the_reference(hidden, batch, monkeypatch):
+    """The sizes the benchmark times, where every panel is full (no tail lanes)."""
+    torch.manual_seed(0)
+    gru = grukit.GRU(hidden, hidden)
+    _assert_same(gru, torch.randn(16, batch, hidden), torch.randn(1, batch, hidden), None, monkeypatch)
+
+
+def test_eval_dropconnect_batch_first_and_learned_init(monkeypatch):
+    """Eval (no saved gates), training DropConnect (a masked w_hh), batch_first input, a learnable h0."""
+    torch.manual_seed(0)
+    gru = grukit.GRU(5, 12, batch_first=True, learn_init=True, dropconnect=0.3)
+    x = torch.randn(4, 6, 5)
+    with torch.no_grad():
+        gru.initial_state.normal_()
+    gru.eval()
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    expected = gru(x)
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    got = gru(x)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    gru.train()
+    torch.manual_seed(3)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    expected = gru(x)[0]
+    torch.manual_seed(3)  # the same DropConnect mask
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    got = gru(x)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_gru_cell_runs_on_the_cpu_backend(monkeypatch):
+    torch.manual_seed(0)
+    cell = grukit.GRUCell(6, 10)
+    x, h = torch.randn(3, 6), torch.randn(3, 10)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    expected = cell(x, h)
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.testing.assert_close(cell(x, h), expected, atol=1e-5, rtol=0)
+
+
+@given(
+    steps=st.integers(1, 20),
+    batch=st.integers(1, 9),
+    input_size=st.integers(1, 40),
+    hidden=st.integers(1, 40),
+    layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    bias=st.booleans(),
+    reset_after=st.booleans(),
+    use_lengths=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_shapes_match_the_reference(
+    steps, batch, input_size, hidden, layers, bidirectional, batch_first, bias, reset_after, use_lengths, seed
+):
+    torch.manual_seed(seed)
+    gru = grukit.GRU(
+        input_size,
+        hidden,
+        num_layers=layers,
+        bias=bias,
+        batch_first=batch_first,
+        bidirectional=bidirectional,
+        reset_after=reset_after,
+    )
+    shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
+    x = torch.randn(shape)
+    h0 = torch.randn(layers * (2 if bidirectional else 1), batch, hidden)
+    lengths = torch.randint(0, steps + 1, (batch,)) if use_lengths else None  # unsorted, zeros included
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _assert_same(gru, x, h0, lengths, monkeypatch)
+
+
+def _gradcheck(gru, x, h0, lengths, fast_mode: bool) -> None:
+    names = [n for n, _ in gru.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in gru.parameters()]
+
+    def fn(x, h0, *flat):
+        return torch.func.functional_call(gru, dict(zip(names, flat, strict=True)), (x, h0), {"lengths": lengths})
+
+    inputs = (x.requires_grad_(), h0.requires_grad_(), *params)
+    assert gradcheck(fn, inputs, eps=1e-6, atol=1e-7, fast_mode=fast_mode)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_float64_gradcheck_fast(reset_after, bidirectional, use_lengths, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    gru = grukit.GRU(3, 5, num_layers=2, bidirectional=bidirectional, reset_after=reset_after, dtype=torch.float64)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    h0 = torch.randn(2 * (2 if bidirectional else 1), 3, 5, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 0]) if use_lengths else None
+    _gradcheck(gru, x, h0, lengths, fast_mode=True)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_float64_gradcheck_full(reset_after, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(1)
+    gru = grukit.GRU(2, 3, bidirectional=True, bias=reset_after, reset_after=reset_after, dtype=torch.float64)
+    x = torch.randn(4, 2, 2, dtype=torch.float64)
+    h0 = torch.randn(2, 2, 3, dtype=torch.float64)
+    _gradcheck(gru, x, h0, torch.tensor([4, 3]), fast_mode=False)
+
+
+def test_it_is_the_default_for_cpu_tensors(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    x = torch.randn(3, 2, 4)
+    assert dispatch.gru_backend(x, grukit.backends.GRUConfig(), None).name == "cpu"
+    assert dispatch.mingru_backend(x).name == "reference"
+    assert dispatch.gru_backend(x, grukit.backends.GRUConfig(layer_norm=True), None).name == "reference"
+
+
+@pytest.mark.parametrize(
+    "kwargs,x,reason",
+    [
+        ({"layer_norm": True}, torch.randn(3, 2, 4), "layer_norm is not implemented"),
+        ({"zoneout": 0.2}, torch.randn(3, 2, 4), "zoneout is not implemented"),
+        ({"dtype": torch.float16}, torch.randn(3, 2, 4, dtype=torch.float16), "dtype torch.float16"),
+        ({"recurrent_dropout": 0.2}, torch.randn(3, 2, 4), "recurrent_dropout is not implemented"),
+    ],
+)
+def test_forced_cpu_raises_naming_what_it_lacks(kwargs, x, reason, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    gru = grukit.GRU(4, 6, **kwargs).train()
+    with pytest.raises(dispatch.BackendUnavailable, match=reason):
+        gru(x)
+
+
+def test_unforced_recurrent_dropout_runs_on_the_reference(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    gru = grukit.GRU(4, 6, recurrent_dropout=0.5).train()
+    y, _ = gru(torch.randn(3, 2, 4))
+    assert y.shape == (3, 2, 6)
+
+
+def test_decline_other_devices_and_compile_tracing():
+    backend = CpuBackend(load_extension())
+    config = grukit.backends.GRUConfig()
+    assert "meta" in backend.supports_gru(torch.randn(3, 2, 4, device="meta"), config, None)
+    assert backend.supports_mingru(torch.randn(3, 2, 4)) is not None
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def reason(x):
+        return backend.supports_gru(x, config, None) is None
+
+    assert not reason(torch.randn(3, 2, 4))
+
+
+def test_the_build_cache_is_reused(tmp_path):
+    """A new process loads the cached library without compiling: well under the first build's time."""
+    name, directory = build_dir(BASE_FLAGS + NATIVE_FLAGS)
+    assert directory.is_dir() and (directory / f"{name}.so").is_file()
+    code = "import time, grukit.backends.cpu as c; t = time.perf_counter(); c.load_extension()"
+    code += "; print(time.perf_counter() - t)"
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip()) < 2.0, out
+    assert time.perf_counter() - start < 30
