@@ -90,6 +90,14 @@ def mingru_backend(x: Tensor) -> Backend:
     return _select(lambda b: b.supports_mingru(x), "MinGRU call")
 
 
+def _load_triton() -> Backend:
+    # cheap and silent on a CPU-only machine: triton is imported only with a CUDA device or TRITON_INTERPRET=1,
+    # and then a missing triton raises a clear error (warned once by ``load``)
+    from grukit.backends.triton import load_backend
+
+    return load_backend()
+
+
 def _load_cpu() -> Backend:
     from grukit.backends.cpu import load_backend  # imported and built on the first GRU call, not on import grukit
 
@@ -98,3 +106,4 @@ def _load_cpu() -> Backend:
 
 register("reference", ReferenceBackend, priority=0)
 register("cpu", _load_cpu, priority=10)
+register("triton", _load_triton, priority=20)
