@@ -25,10 +25,11 @@ from grukit.workflow.config import MODES, TASKS, defaults_text, parse_args
 USAGE = """usage: grukit TASK MODE [key=value ...]
        grukit cfg | help | version | checks
 
-tasks:  forecast (classify, seq2seq: not implemented yet)
+tasks:  forecast, classify (numeric sequences; seq2seq: not implemented yet)
 modes:  train     train on data=... (default: bundled elecdemand), write runs/TASK/NAME/ and print test metrics
         val       score a trained model (model=RUN_FOLDER or .safetensors; default: the latest run) on its test windows
-        predict   forecast the horizon after the last value of source=... (default: the model's data)
+        predict   forecast the horizon after the last value of source=... (default: the model's data);
+                  classify: the class of every sequence of source=...
         export    write format=onnx|torchscript next to the checkpoint and check it on real inputs
         (benchmark, compare: not implemented yet)
 other:  cfg       print every key with its default (grukit/workflow/defaults.toml)
@@ -41,9 +42,11 @@ examples:
   grukit forecast train data=my.csv target=load known=temp epochs=20 hidden=32
   grukit forecast train resume=True
   grukit forecast predict model=runs/forecast/train
-  grukit forecast export model=runs/forecast/train format=onnx"""
+  grukit forecast export model=runs/forecast/train format=onnx
+  grukit classify train
+  grukit classify predict model=runs/classify/train source=my_sequences.csv"""
 
-IMPLEMENTED_TASKS = ("forecast",)
+IMPLEMENTED_TASKS = ("forecast", "classify")
 IMPLEMENTED_MODES = ("train", "val", "predict", "export")
 
 

@@ -19,6 +19,7 @@ _FILES = {
     "airline": "airline.csv",
     "elecdemand": "elecdemand.csv.gz",
     "sunspots": "sunspots.csv",
+    "japanese_vowels": "japanese_vowels.csv.gz",
 }
 
 
@@ -28,13 +29,14 @@ def names() -> list[str]:
 
 
 def _column(values: list[str]) -> np.ndarray:
-    """One CSV column as int64, float64 or datetime64, whichever parses first. values: N strings -> (N,)."""
-    for dtype in (np.int64, np.float64):
+    """One CSV column as int64, float64 or datetime64, whichever parses first, else text (object).
+    values: N strings -> (N,)."""
+    for dtype in (np.int64, np.float64, "datetime64"):
         try:
             return np.array(values, dtype=dtype)
         except ValueError:
             pass
-    return np.array(values, dtype="datetime64")
+    return np.array(values, dtype=object)
 
 
 def load(name: str) -> dict[str, np.ndarray]:
@@ -43,6 +45,8 @@ def load(name: str) -> dict[str, np.ndarray]:
     ``elecdemand``: N = 17520, timestamp (datetime64[m]), demand (GW), workday (0/1), temperature (deg C).
     ``airline``: N = 144, month (datetime64[M]), passengers (thousands).
     ``sunspots``: N = 309, year (int), sunspots (yearly mean sunspot number).
+    ``japanese_vowels``: N = 9961 rows of 640 sequences in long format: series (int), step (int), c1..c12
+    (float, LPC coefficients), speaker (int, 1..9), split (text: train or test, the official UEA split).
     Raises ValueError naming the available datasets when ``name`` is not one of them.
     """
     if name not in _FILES:

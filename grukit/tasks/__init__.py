@@ -1,4 +1,4 @@
-"""Tasks: what to learn from which data (forecast; classify and seq2seq to come), each with its data checks,
+"""Tasks: what to learn from which data (forecast, classify; seq2seq to come), each with its data checks,
 network, loss, metrics, baselines and export."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from grukit.errors import ConfigError
 
-IMPLEMENTED = ("forecast",)
+IMPLEMENTED = ("forecast", "classify")
 
 
 def get_task(name: str) -> Any:
@@ -16,4 +16,8 @@ def get_task(name: str) -> Any:
         from grukit.tasks.forecast.task import ForecastTask
 
         return ForecastTask
+    if name == "classify":
+        from grukit.tasks.classify.task import ClassifyTask
+
+        return ClassifyTask
     raise ConfigError(f"task {name!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED)}")

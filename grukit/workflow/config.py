@@ -106,16 +106,27 @@ RULES: dict[str, Rule] = {
     "quantiles": Rule("quantiles"),
     "source": Rule("str"),
     "format": Rule("choice", choices=("onnx", "torchscript")),
+    "id": Rule("str"),
+    "label": Rule("str"),
+    "features": Rule("columns"),
+    "bidirectional": Rule("bool"),
+    "pool": Rule("choice", choices=("mean", "last")),
+    "val_fraction": _float(0.0, 0.9),
+    "test_fraction": _float(0.0, 0.9),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def defaults() -> dict[str, Any]:
-    """Every key and its default, read from ``defaults.toml`` (a fresh dict on each call)."""
+def defaults(task: str = "forecast") -> dict[str, Any]:
+    """Every key and its default for ``task``, read from ``defaults.toml`` (a fresh dict on each call): the
+    top-level keys, updated with the task's own table (``[classify]``) where the file has one."""
     with DEFAULTS_PATH.open("rb") as handle:
-        return tomllib.load(handle)
+        values = tomllib.load(handle)
+    tables = {name: values.pop(name) for name in TASKS if isinstance(values.get(name), dict)}
+    values.update(tables.get(task, {}), task=task)
+    return values
 
 
 def defaults_text() -> str:
@@ -230,8 +241,12 @@ def _example(key: str) -> str:
 
 
 def resolve(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``base`` (default: ``defaults()``) updated with the checked ``overrides``; raises ConfigError."""
-    config = dict(defaults() if base is None else base)
+    """``base`` (default: the defaults of the task in ``overrides``, else forecast's) updated with the checked
+    ``overrides``; raises ConfigError."""
+    if base is None:
+        task = (overrides or {}).get("task", "forecast")
+        base = defaults(check_value("task", task))
+    config = dict(base)
     for key, value in (overrides or {}).items():
         config[key] = check_value(key, value)
     return config

@@ -30,6 +30,7 @@ from grukit.fileio import write_atomic, write_json
 from grukit.tasks import get_task
 from grukit.workflow.checkpoints import load_checkpoint, save_checkpoint
 from grukit.workflow.config import resolve
+from grukit.workflow.export import batch_size
 from grukit.workflow.runs import find_resume_dir, new_run_dir
 from grukit.workflow.trainer import fit
 
@@ -158,7 +159,8 @@ class Model:
                 resume = None
             cfg = task.cfg
             write_json(run_dir / "config.json", cfg)
-            _say(cfg, self._describe(task, run_dir, threads))
+            plural = "s" * (threads != 1)
+            _say(cfg, f"grukit {cfg['task']} train: {task.describe()}; {threads} thread{plural}; run folder {run_dir}")
             net.to(device)
             state = fit(task, net, cfg, run_dir, device, resume, getattr(self, "_on_epoch_end", None))
             best_path = run_dir / "weights" / "best.safetensors"
@@ -189,19 +191,6 @@ class Model:
             )
         return report
 
-    @staticmethod
-    def _describe(task: Any, run_dir: Path, threads: int) -> str:
-        cfg, frame = task.cfg, task.frame
-        known = f", known {', '.join(frame.known_names)}" if frame.known_names else ""
-        past = f", past {', '.join(frame.past_names)}" if frame.past_names else ""
-        return (
-            f"grukit forecast train: {frame.label}, {frame.n_observed} rows, target {', '.join(frame.target_names)}"
-            f"{known}{past}{' + calendar' if task.windows.calendar.shape[1] else ''}; season {cfg['season']}, horizon "
-            f"{cfg['horizon']}, lookback {cfg['lookback']}; {len(task.layout.train_origins)} training origins, "
-            f"{cfg['val_windows']} validation and {cfg['test_windows']} test origins; GRU hidden {cfg['hidden']} x "
-            f"{cfg['layers']}; {threads} thread{'s' * (threads != 1)}; run folder {run_dir}"
-        )
-
     def _plots(self, task: Any, run_dir: Path, history: list[dict[str, float]]) -> None:
         try:
             import matplotlib
@@ -214,13 +203,13 @@ class Model:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
         epochs = [row["epoch"] for row in history]
         left.plot(epochs, [row["train_loss"] for row in history], marker="o")
-        left.set(title="training loss (pinball, normalised)", xlabel="epoch")
+        left.set(title=f"training loss ({task.loss_name})", xlabel="epoch")
         right.plot(epochs, [row[f"val_{task.monitor}"] for row in history], marker="o", color="tab:orange")
-        right.set(title=f"validation {task.monitor.upper()}", xlabel="epoch")
+        right.set(title=f"validation {task.monitor.replace('_', ' ')}", xlabel="epoch")
         fig.tight_layout()
         fig.savefig(run_dir / "curves.png", dpi=100)
         plt.close(fig)
-        task.plot(self.net, torch.device("cpu"), run_dir / "forecast.png")
+        task.plot(self.net, torch.device("cpu"), run_dir)
 
     # ------------------------------------------------------------ val, predict, export
 
@@ -283,14 +272,14 @@ class Model:
         path = Path(path)
         if not path.parent.is_dir():
             raise GrukitError(f"export: folder {str(path.parent)!r} does not exist")
-        from grukit.tasks.forecast.export import export
-
         with torch_threads(cfg["threads"]):
-            inputs = self._task(cfg).example_inputs()
-            path, diff = export(self.net, inputs, path, cfg["format"])
+            task = self._task(cfg)
+            inputs = task.example_inputs()
+            path, diff = task.export(self.net, inputs, path, cfg["format"])
         if cfg["verbose"]:
             runtime = "onnxruntime" if cfg["format"] == "onnx" else "TorchScript"
             print(
-                f"exported {path}; {runtime} vs PyTorch on {len(inputs['base'])} real windows: max abs diff {diff:.2e}"
+                f"exported {path}; {runtime} vs PyTorch on {batch_size(inputs)} real {task.example_name}: "
+                f"max abs diff {diff:.2e}"
             )
         return path

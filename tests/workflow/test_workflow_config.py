@@ -82,8 +82,8 @@ def test_python_api_checks_keys_and_values():
         grukit.Model("forecast", epoch=3)
     with pytest.raises(ConfigError, match="bad value for hidden"):
         grukit.Model("forecast", hidden=2.5)
-    with pytest.raises(ConfigError, match="task 'classify' is not implemented yet"):
-        grukit.Model("classify")
+    with pytest.raises(ConfigError, match="task 'seq2seq' is not implemented yet"):
+        grukit.Model("seq2seq")
 
 
 def test_cfg_prints_the_defaults_file(capsys):
@@ -99,7 +99,7 @@ def test_cfg_prints_the_defaults_file(capsys):
         (["forecast", "trian"], "grukit: unknown mode 'trian' (did you mean 'train'?)"),
         (["forecast"], "grukit: forecast: give a mode first"),
         (["forcast", "train"], "grukit: unknown command 'forcast' (did you mean 'forecast'?)"),
-        (["classify", "train"], "grukit: task 'classify' is not implemented yet; implemented: forecast"),
+        (["seq2seq", "predict"], "grukit: task 'seq2seq' is not implemented yet; implemented: forecast, classify"),
         (["seq2seq", "train"], "grukit: task 'seq2seq' is not implemented yet"),
         (["forecast", "compare"], "grukit: mode 'compare' is not implemented yet"),
         (["forecast", "train", "data=nope.csv"], "grukit: data 'nope.csv' is not a file nor a bundled dataset"),

@@ -129,7 +129,7 @@ def read_table(data: str) -> Table:
     return Table(path.name, columns, None, 2)
 
 
-def _column(table: Table, name: str, role: str) -> np.ndarray:
+def require_column(table: Table, name: str, role: str) -> np.ndarray:
     if name not in table.columns:
         raise DataError(
             f"{table.label} has no {role} column {name!r}{did_you_mean(name, list(table.columns))}; "
@@ -138,7 +138,7 @@ def _column(table: Table, name: str, role: str) -> np.ndarray:
     return table.columns[name]
 
 
-def _numbers(table: Table, name: str, values: np.ndarray) -> np.ndarray:
+def to_numbers(table: Table, name: str, values: np.ndarray) -> np.ndarray:
     """(N,) float64; empty cells and NaN become NaN; DataError naming the row of a non-numeric value."""
     if values.dtype != object:
         return values.astype(np.float64)
@@ -223,7 +223,7 @@ def _step_words(step: int, unit: str) -> str:
 def _names(setting: str | list[str], table: Table, default: list[str], role: str) -> list[str]:
     names = default if setting == "auto" else list(setting)
     for name in names:
-        _column(table, name, role)
+        require_column(table, name, role)
     return names
 
 
@@ -244,10 +244,10 @@ def load_frame(
     table = read_table(data)
     names = list(table.columns)
     time_name = names[0] if time == "auto" else time
-    _column(table, time_name, "time")
+    require_column(table, time_name, "time")
     default_target, default_known = BUNDLED_ROLES.get(table.bundled or "", ([], []))
     if target == "auto" and table.bundled is None:
-        numeric = [name for name in names if name != time_name and _looks_numeric(table.columns[name])]
+        numeric = [name for name in names if name != time_name and looks_numeric(table.columns[name])]
         if len(numeric) != 1:
             raise DataError(
                 f"{table.label}: which column should be forecast? set target=COLUMN (one of "
@@ -267,7 +267,7 @@ def load_frame(
                 raise DataError(f"column {column!r} is both {seen[column]} and {role}; give it one role")
             seen[column] = role
     times, step, unit = _times(table, time_name)
-    target_values = np.stack([_numbers(table, name, table.columns[name]) for name in targets])  # (K, N)
+    target_values = np.stack([to_numbers(table, name, table.columns[name]) for name in targets])  # (K, N)
     observed = np.isfinite(target_values).all(axis=0)
     n_observed = int(np.flatnonzero(observed)[-1]) + 1 if observed.any() else 0
     if n_observed == 0:
@@ -301,7 +301,7 @@ def _covariates(table: Table, names: list[str], n: int, must_have: int) -> np.nd
     """(n, C) float64 of the covariates ``names``; DataError for a missing value in the first ``must_have`` rows."""
     columns = []
     for name in names:
-        values = _numbers(table, name, table.columns[name])
+        values = to_numbers(table, name, table.columns[name])
         missing = np.flatnonzero(~np.isfinite(values[:must_have]))
         if len(missing):
             raise DataError(f"{table.where(int(missing[0]), name)}: missing value (empty or NaN); fill it")
@@ -309,7 +309,7 @@ def _covariates(table: Table, names: list[str], n: int, must_have: int) -> np.nd
     return np.stack(columns, axis=1) if columns else np.zeros((n, 0))
 
 
-def _looks_numeric(values: np.ndarray) -> bool:
+def looks_numeric(values: np.ndarray) -> bool:
     if values.dtype != object:
         return np.issubdtype(values.dtype, np.number)
     sample = [v for v in values[:50] if v != ""]

@@ -8,20 +8,16 @@ normalisation (``quantiles * std + mean``) stays in grukit.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from grukit.errors import GrukitError
-from grukit.fileio import write_atomic
 from grukit.interop.onnx_export import build_onnx_model
 from grukit.tasks.forecast.model import SeasonBlockForecaster, sorted_quantiles
+from grukit.workflow.export import export_checked
 
 
 class _Sorted(nn.Module):
@@ -104,44 +100,5 @@ def export(net: SeasonBlockForecaster, inputs: dict[str, Tensor], path: Path, fm
     """Write ``net`` as ``fmt`` ("onnx" or "torchscript") to ``path`` (atomically) and run it on the real
     ``inputs`` (from ``Windows.batch``) next to PyTorch. Returns (path, max abs difference of the quantiles)."""
     net = net.eval().cpu()
-    args = (inputs["past"], inputs["future"], inputs["base"])
-    with torch.no_grad():
-        expected = sorted_quantiles(net(*args)).numpy()
-    if fmt == "onnx":
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError:
-            raise GrukitError("export format=onnx needs onnx and onnxruntime: pip install 'grukit[onnx]'") from None
-        model = onnx_model(net)
-        onnx.checker.check_model(model, full_check=True)
-        write_atomic(path, model.SerializeToString())
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feeds = {"past": args[0].numpy(), "future": args[1].numpy(), "base": args[2].numpy()}
-        (got,) = session.run(["quantiles"], feeds)
-        (one,) = session.run(["quantiles"], {k: v[:, :1] if v.ndim == 3 else v[:1] for k, v in feeds.items()})
-        got = np.concatenate([got, one])
-        expected = np.concatenate([expected, expected[:1]])
-    else:
-        # Trace through the pure-PyTorch reference backend, so the file needs no grukit C++ extension.
-        previous = os.environ.get("GRUKIT_BACKEND")
-        os.environ["GRUKIT_BACKEND"] = "reference"
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                traced = torch.jit.trace(_Sorted(net), args, check_trace=False)
-        finally:
-            if previous is None:
-                del os.environ["GRUKIT_BACKEND"]
-            else:
-                os.environ["GRUKIT_BACKEND"] = previous
-        buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
-        write_atomic(path, buffer.getvalue())
-        loaded = torch.jit.load(str(path))
-        with torch.no_grad():
-            got = loaded(*args).numpy()
-            one = loaded(*(a[:, :1] if a.dim() == 3 else a[:1] for a in args)).numpy()  # another batch size
-        got = np.concatenate([got, one])
-        expected = np.concatenate([expected, expected[:1]])
-    return path, float(np.abs(got - expected).max())
+    args = {name: inputs[name] for name in ("past", "future", "base")}
+    return export_checked(_Sorted(net), args, path, fmt, lambda: onnx_model(net))

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from grukit.errors import ConfigError, DataError
 from grukit.tasks.forecast.baselines import baseline_forecast
 from grukit.tasks.forecast.data import ForecastFrame, load_frame
+from grukit.tasks.forecast.export import export
 from grukit.tasks.forecast.metrics import METRICS, forecast_metrics, seasonal_scale
 from grukit.tasks.forecast.model import SeasonBlockForecaster, pinball_loss, sorted_quantiles
 from grukit.tasks.forecast.windows import Layout, Scaling, Windows, feature_sizes, resolve_layout
@@ -63,6 +64,9 @@ class ForecastTask:
     scaling: Scaling
     windows: Windows = field(init=False)
     monitor = "mase"  # validation metric for early stopping and the best checkpoint (lower is better)
+    loss_name = "pinball, normalised"  # what the training loss is, for the curves plot
+    example_name = "windows"  # what export checks on
+    export = staticmethod(export)
 
     def __post_init__(self) -> None:
         self.windows = Windows(self.frame, self.layout, self.scaling, self.cfg["calendar"])
@@ -268,8 +272,22 @@ class ForecastTask:
         origins = self.layout.test_origins
         return self.windows.batch(np.zeros(len(origins), dtype=np.int64), origins)
 
-    def plot(self, net: nn.Module, device: torch.device, path: Path) -> None:
-        """PNG of the test forecasts (median and interval) against the actuals, first target series."""
+    def describe(self) -> str:
+        """One line about the data, windows and network, printed when training starts."""
+        cfg, frame = self.cfg, self.frame
+        known = f", known {', '.join(frame.known_names)}" if frame.known_names else ""
+        past = f", past {', '.join(frame.past_names)}" if frame.past_names else ""
+        return (
+            f"{frame.label}, {frame.n_observed} rows, target {', '.join(frame.target_names)}{known}{past}"
+            f"{' + calendar' if self.windows.calendar.shape[1] else ''}; season {cfg['season']}, horizon "
+            f"{cfg['horizon']}, lookback {cfg['lookback']}; {len(self.layout.train_origins)} training origins, "
+            f"{cfg['val_windows']} validation and {cfg['test_windows']} test origins; GRU hidden {cfg['hidden']} x "
+            f"{cfg['layers']}"
+        )
+
+    def plot(self, net: nn.Module, device: torch.device, run_dir: Path) -> None:
+        """forecast.png in ``run_dir``: the test forecasts (median and interval) against the actuals, first
+        target series."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -297,5 +315,5 @@ class ForecastTask:
         ax.set_title(f"test forecasts, {len(origins)} origins x horizon {self.layout.horizon}")
         ax.legend(loc="upper left")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(run_dir / "forecast.png", dpi=100)
         plt.close(fig)

@@ -1,0 +1,1 @@
+"""The classify task: numeric sequences (univariate or multivariate, variable length) to classes."""
