@@ -21,6 +21,7 @@ class GRUConfig:
     reverse: run from the last valid step to the first (outputs stay in input time order).
     layer_norm: per-gate layer normalisation of ``W_ih x`` and of the recurrent product, before biases.
     zoneout: probability that a unit keeps its previous value (a mask in training, the expectation in eval).
+    recurrent_dropout: whether a recurrent-dropout mask comes with the call (training with p > 0).
     training: whether the module is in training mode.
     """
 
@@ -28,6 +29,7 @@ class GRUConfig:
     reverse: bool = False
     layer_norm: bool = False
     zoneout: float = 0.0
+    recurrent_dropout: bool = False
     training: bool = False
 
 

@@ -245,6 +245,7 @@ class GRU(StreamingMixin, nn.Module):
                     reverse=direction == 1 or self.reverse,
                     layer_norm=self.layer_norm,
                     zoneout=self.zoneout,
+                    recurrent_dropout=self.training and self.recurrent_dropout > 0,
                     training=self.training,
                 )
                 backend = gru_backend(layer_input, config, lengths)

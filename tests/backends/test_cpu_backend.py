@@ -243,3 +243,120 @@ def test_the_build_cache_is_reused(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip()) < 2.0, out
     assert time.perf_counter() - start < 30
+
+
+# ----------------------------------------------------------------------------------------- packed-weight cache
+
+
+@pytest.fixture
+def pack_cache(monkeypatch):
+    """The cache, switched on (it is off by default) and empty."""
+    from grukit.backends.cpu import PACK_CACHE
+
+    PACK_CACHE.clear()
+    monkeypatch.setattr(PACK_CACHE, "capacity", 8)
+    yield PACK_CACHE
+    PACK_CACHE.clear()
+
+
+def test_the_cache_is_off_by_default():
+    from grukit.backends.cpu.backend import PackCache
+
+    assert PackCache.capacity == 0
+
+
+def _eval_pair(gru, x, h0, monkeypatch):
+    """(reference, cpu) outputs of an eval, no-grad call: the path that uses the cache."""
+    with torch.no_grad():
+        monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+        expected = gru(x, h0)
+        monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+        got = gru(x, h0)
+    return expected, got
+
+
+def _assert_pair(pair, atol=1e-5):
+    for a, b in zip(*pair, strict=True):
+        torch.testing.assert_close(b, a, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 7])
+def test_the_cache_is_reused_and_invalidated_by_in_place_updates(steps, pack_cache, monkeypatch):
+    torch.manual_seed(0)
+    gru = grukit.GRU(6, 10).eval()
+    x, h0 = torch.randn(steps, 3, 6), torch.randn(1, 3, 10)
+    _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+    packs = pack_cache.packs
+    _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+    assert pack_cache.packs == packs  # a hit: nothing repacked
+    for name in ("weight_hh_l0", "weight_ih_l0", "bias_hh_l0", "bias_ih_l0"):
+        with torch.no_grad():
+            getattr(gru, name).add_(0.1)
+        _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+        assert pack_cache.packs == packs + 1, name
+        packs = pack_cache.packs
+    with torch.no_grad():
+        gru.weight_hh_l0[2].mul_(-1)  # through a view: the same version counter
+    _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+    gru.load_state_dict({k: v + 0.05 for k, v in gru.state_dict().items()})
+    _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+    gru.weight_hh_l0 = torch.nn.Parameter(torch.randn(30, 10))  # a new tensor object
+    _assert_pair(_eval_pair(gru, x, h0, monkeypatch))
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
+def test_the_cache_is_invalidated_by_optimizer_steps(optimizer, pack_cache, monkeypatch):
+    torch.manual_seed(0)
+    gru = grukit.GRU(4, 9, num_layers=2)
+    opt = optimizer(gru.parameters(), lr=0.1)
+    x = torch.randn(5, 2, 4)
+    for _ in range(3):
+        gru.eval()
+        _assert_pair(_eval_pair(gru, x, None, monkeypatch))
+        _assert_pair(_eval_pair(gru, x[:1], None, monkeypatch))  # the step kernel
+        gru.train()
+        opt.zero_grad()
+        gru(x)[0].square().mean().backward()
+        opt.step()
+
+
+def test_dropconnect_masks_do_not_grow_the_cache(pack_cache, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    gru = grukit.GRU(4, 8, dropconnect=0.5)
+    x = torch.randn(3, 2, 4)
+    for _ in range(20):
+        gru(x)  # training, grad enabled: a fresh masked w_hh per call, never cached
+        with torch.no_grad():
+            gru(x)  # training under no_grad: fresh masked tensors without grad_fn; the LRU bounds them
+    assert len(pack_cache) <= pack_cache.capacity
+    pack_cache.capacity, saved = 0, pack_cache.capacity
+    try:
+        pack_cache.clear()
+        with torch.no_grad():
+            gru.eval()(x)
+        assert len(pack_cache) == 0  # capacity 0 turns the cache off
+    finally:
+        pack_cache.capacity = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("hidden, batch, inputs", [(64, 1, 64), (13, 5, 7), (1, 1, 1), (40, 4, 3)])
+def test_streaming_step_matches_the_reference(dtype, bias, hidden, batch, inputs, pack_cache, monkeypatch):
+    torch.manual_seed(hidden)
+    gru = grukit.GRU(inputs, hidden, num_layers=2, bias=bias, dtype=dtype).eval()
+    xs = torch.randn(6, batch, inputs, dtype=dtype)
+    atol = 1e-5 if dtype == torch.float32 else 1e-12
+    with torch.no_grad():
+        monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+        expected = gru(xs)
+        monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+        packs = pack_cache.packs
+        state, ys = None, []
+        for x_t in xs:
+            y_t, state = gru.step(x_t, state)
+            ys.append(y_t)
+    torch.testing.assert_close(torch.stack(ys), expected[0], atol=atol, rtol=0)
+    torch.testing.assert_close(state, expected[1], atol=atol, rtol=0)
+    assert pack_cache.packs == packs + 2  # one per layer, reused by every step

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from grukit.backends.cpu.backend import CpuBackend
+from grukit.backends.cpu.backend import PACK_CACHE, CpuBackend, clear_pack_cache
 from grukit.backends.cpu.build import cache_root, load_extension
 
 
@@ -15,4 +15,4 @@ def load_backend() -> CpuBackend:
     return CpuBackend(load_extension())
 
 
-__all__ = ["CpuBackend", "cache_root", "load_backend", "load_extension"]
+__all__ = ["PACK_CACHE", "CpuBackend", "cache_root", "clear_pack_cache", "load_backend", "load_extension"]

@@ -3,13 +3,32 @@
 Serves CPU tensors of float32 and float64 in both equation forms, forward or reverse, with or without biases and
 ``lengths``, in training and eval, with gradients for x, h0 and every weight (DropConnect needs nothing: the
 layer passes an already-masked w_hh). Declines, with a reason, layer_norm, zoneout, other devices and dtypes,
-autocast, and ``torch.compile`` tracing (the reference loop traces without graph breaks). Recurrent dropout
-masks reach only ``gru_layer``: unforced, such a call runs on the reference; forced, it raises
-``BackendUnavailable``.
+autocast, recurrent dropout (``config.recurrent_dropout``) and ``torch.compile`` tracing (the reference loop
+traces without graph breaks).
+
+Packed weights can be cached across calls (``PackCache``, OFF by default: opt in with the environment variable
+``GRUKIT_CPU_PACK_CACHE=8`` or ``PACK_CACHE.capacity = 8``): packing W_hh costs tens to hundreds of µs, more than a
+whole streaming step. It is off by default because writes that bypass the version counter (below) would otherwise
+give silently stale results. An entry is used only while each of its weight tensors is the same live object with the
+same data pointer, shape, stride, dtype and ``_version`` as when it was packed; any in-place update through
+autograd's view of the tensor (``w.add_(...)`` under ``no_grad``, optimizer steps, ``load_state_dict``) bumps
+``_version`` and repacks. Writes that bypass the version counter (``w.data.add_(...)``, a NumPy view of the storage)
+are not seen: call ``clear_pack_cache()`` after them. Weights made by autograd (a DropConnect-masked w_hh, a fresh
+tensor each call) are never cached, and the cache keeps at most ``PackCache.capacity`` entries (0 turns it off).
+Calls that record autograd never use it (training changes the weights every step, and ``gradcheck`` perturbs them
+through ``.data``): the cache serves eval and ``no_grad`` calls.
+
+Eval / no-grad calls skip the autograd.Function. A single step (T = 1, reset_after, no lengths, every weight
+cacheable) runs ``ext.step``: both products from packed weights and the gate math in one kernel, with no GEMM
+call and no gi buffer.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+from collections import OrderedDict
 from types import ModuleType
 
 import torch
@@ -26,8 +45,11 @@ class _GRULayer(torch.autograd.Function):
     the state entering each step (T, B, H) for the fused backward through time."""
 
     @staticmethod
-    def forward(ctx, ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse):
-        y, h_n, gates, hs = ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, True)
+    def forward(ctx, ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, packed):
+        wpack, fold, b_hn = (None, None, None) if packed is None else (packed.w_hh, packed.fold, packed.b_hn)
+        y, h_n, gates, hs = ext.forward(
+            x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, True, wpack, fold, b_hn
+        )
         ctx.save_for_backward(x, w_ih, w_hh, gates, hs, lengths)
         ctx.ext, ctx.reset_after, ctx.reverse, ctx.has_bias = ext, reset_after, reverse, b_ih is not None
         ctx.set_materialize_grads(False)
@@ -38,14 +60,99 @@ class _GRULayer(torch.autograd.Function):
     def backward(ctx, dy, dh_n):
         x, w_ih, w_hh, gates, hs, lengths = ctx.saved_tensors
         if dy is None and dh_n is None:
-            return (None,) * 10
+            return (None,) * 11
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ctx.ext.backward(
             dy, dh_n, x, w_ih, w_hh, gates, hs, lengths, ctx.reset_after, ctx.reverse, ctx.has_bias,
             ctx.needs_input_grad[1],
         )  # fmt: skip
         if not ctx.has_bias:
             db_ih = db_hh = None
-        return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+
+
+class _Packed:
+    """The cached, packed form of one layer's weights (all detached copies; see the module docstring)."""
+
+    __slots__ = ("b_hn", "fold", "refs", "shapes", "stamps", "w_hh", "w_ih")
+
+    def __init__(self, tensors: tuple, w_hh: Tensor, fold: Tensor | None, b_hn: Tensor | None) -> None:
+        self.refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+        self.stamps = tuple(None if t is None else (t._version, t.data_ptr()) for t in tensors)
+        self.shapes = (tensors[0].shape, tensors[1].shape, tensors[0].dtype)
+        self.w_hh, self.fold, self.b_hn = w_hh, fold, b_hn
+        self.w_ih: Tensor | None = None  # packed for ext.step on first use
+
+    def matches(self, tensors: tuple) -> bool:
+        """Each tensor is the same live object, unchanged since packing (version counter and data pointer)."""
+        for t, ref, stamp in zip(tensors, self.refs, self.stamps, strict=True):
+            if t is None:
+                if ref is not None:
+                    return False
+            elif ref is None or ref() is not t or t._version != stamp[0] or t.data_ptr() != stamp[1]:
+                return False
+        return self.shapes == (tensors[0].shape, tensors[1].shape, tensors[0].dtype)
+
+
+class PackCache:
+    """A small LRU of packed weights keyed on the identity of (w_ih, w_hh, b_ih, b_hh) and reset_after; a hit is
+    used only while ``_Packed.matches`` the live tensors, else the weights are repacked."""
+
+    capacity = int(os.environ.get("GRUKIT_CPU_PACK_CACHE", "0"))  # entries; 0 (the default) turns it off
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple, _Packed] = OrderedDict()
+        self._lock = threading.Lock()
+        self.packs = 0  # how many times W_hh was packed: the tests' window on hits and misses
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(self, ext: ModuleType, tensors: tuple, reset_after: bool) -> _Packed | None:
+        """The packed weights for (w_ih, w_hh, b_ih, b_hh) (biases both present or both None), or None when one of
+        them is a fresh result of autograd (a masked w_hh), which would only evict reusable entries."""
+        w_ih, w_hh, b_ih, b_hh = tensors
+        key = (id(w_ih), id(w_hh), id(b_ih), id(b_hh), reset_after)  # ids of live objects: matches() checks
+        entry = self._entries.get(key)
+        if entry is not None and entry.matches(tensors):
+            try:  # noqa: SIM105 (contextlib.suppress costs more than the lookup on this hot path)
+                self._entries.move_to_end(key)
+            except KeyError:  # another thread evicted it meanwhile; the entry itself is still good
+                pass
+            return entry
+        if self.capacity <= 0 or any(t is not None and t.grad_fn is not None for t in tensors):
+            return None
+        with torch.no_grad():
+            wpack = ext.pack_hh(w_hh.detach(), reset_after)
+            fold = b_hn = None
+            if b_ih is not None:
+                fold, b_hn = ext.fold_bias(b_ih.detach(), b_hh.detach(), reset_after)
+        entry = _Packed(tensors, wpack, fold, b_hn)
+        with self._lock:
+            self.packs += 1
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return entry
+
+    def step_weights(self, ext: ModuleType, entry: _Packed, w_ih: Tensor) -> Tensor:
+        """W_ih packed for ``ext.step`` (validated with the entry, which covers w_ih)."""
+        if entry.w_ih is None:
+            with torch.no_grad():
+                entry.w_ih = ext.pack_ih(w_ih.detach())
+        return entry.w_ih
+
+
+PACK_CACHE = PackCache()
+
+
+def clear_pack_cache() -> None:
+    """Forget every packed weight (needed only after writes that bypass ``_version``, such as ``w.data.add_``)."""
+    PACK_CACHE.clear()
 
 
 class CpuBackend:
@@ -59,7 +166,7 @@ class CpuBackend:
     def supports_gru(self, x: Tensor, config: GRUConfig, lengths: Tensor | None) -> str | None:
         if torch.compiler.is_compiling():
             return "torch.compile tracing (the reference loop traces without graph breaks)"
-        if x.device.type != "cpu":
+        if not x.is_cpu:  # is_cpu: a fraction of the cost of x.device.type on the per-step path
             return f"{x.device.type} tensors (CPU only)"
         if x.dtype not in (torch.float32, torch.float64):
             return f"dtype {x.dtype} (float32 and float64 only)"
@@ -71,6 +178,8 @@ class CpuBackend:
             return "layer_norm is not implemented"
         if config.zoneout > 0:
             return "zoneout is not implemented"
+        if config.recurrent_dropout:
+            return "recurrent_dropout is not implemented"
         return None
 
     def supports_mingru(self, x: Tensor) -> str | None:
@@ -86,23 +195,35 @@ class CpuBackend:
         masks: GRUMasks = NO_MASKS,
     ) -> tuple[Tensor, Tensor]:
         """x: (T, B, I), h0: (B, H), lengths: (B,) int or None -> (y: (T, B, H), h_n: (B, H))."""
-        if masks.recurrent_dropout is not None or masks.zoneout is not None:
-            from grukit.backends import dispatch, reference
-
-            if dispatch.forced() == self.name:
-                raise dispatch.BackendUnavailable(
-                    f"{dispatch.ENV_VAR}={self.name} cannot run this GRU call: recurrent_dropout is not implemented; "
-                    f"unset {dispatch.ENV_VAR} to fall back"
-                )
-            return reference.gru_layer(x, h0, weights, config, lengths, masks)
         w_ih, w_hh, b_ih, b_hh = weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh
-        if (b_ih is None) != (b_hh is None):  # one bias only: fold a zero for the other
+        cacheable = True
+        if (b_ih is None) != (b_hh is None):  # one bias only: fold a zero for the other (fresh: not cached)
             b_ih = torch.zeros_like(b_hh) if b_ih is None else b_ih
             b_hh = torch.zeros_like(b_ih) if b_hh is None else b_hh
+            cacheable = False
         if lengths is not None:
             lengths = lengths.to(device="cpu", dtype=torch.int64)
-        tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            return _GRULayer.apply(self.ext, *tensors, lengths, config.reset_after, config.reverse)
-        y, h_n, _, _ = self.ext.forward(*tensors, lengths, config.reset_after, config.reverse, False)
+        reset_after = config.reset_after
+        if torch.is_grad_enabled() and (
+            x.requires_grad
+            or h0.requires_grad
+            or w_ih.requires_grad
+            or w_hh.requires_grad
+            or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad))
+        ):
+            # no cache while autograd records: training changes the weights every step anyway, and gradcheck
+            # perturbs them through .data, which the version counter does not see
+            return _GRULayer.apply(self.ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, None)
+        packed = PACK_CACHE.get(self.ext, (w_ih, w_hh, b_ih, b_hh), reset_after) if cacheable else None
+        if packed is None:
+            y, h_n, _, _ = self.ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, False)
+            return y, h_n
+        if x.shape[0] == 1 and reset_after and lengths is None:  # a streaming step: one fused kernel, no GEMM
+            w_ih_packed = packed.w_ih if packed.w_ih is not None else PACK_CACHE.step_weights(self.ext, packed, w_ih)
+            y, h_n = self.ext.step(x, h0, w_ih_packed, packed.w_hh, packed.fold, packed.b_hn)
+            return y, h_n
+        y, h_n, _, _ = self.ext.forward(
+            x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, False, packed.w_hh, packed.fold,
+            packed.b_hn,
+        )  # fmt: skip
         return y, h_n

@@ -5,9 +5,8 @@ Triton interpreter, a thousand times slower than the CPU backends: for tests onl
 float32, float16 and bfloat16 (bfloat16 runs in float32 under the interpreter, whose bf16 ``tl.dot`` is wrong),
 both equation forms, forward or reverse, with or without biases and ``lengths``, in training and eval, with
 gradients for x, h0 and every weight. MinGRU runs as a linear-space parallel scan (forward and backward in
-Triton). Declines, with a reason: layer_norm, zoneout, float64, other devices, autocast and ``torch.compile``
-tracing. Recurrent-dropout masks reach only ``gru_layer``: unforced, such a call runs on the reference; forced,
-it raises ``BackendUnavailable``.
+Triton). Declines, with a reason: layer_norm, zoneout, recurrent dropout, float64, other devices, autocast and
+``torch.compile`` tracing.
 
 Forward: the input projection for all steps is one torch matmul; the recurrence runs in the persistent kernel
 (small H: one launch, W_hh on chip) or the per-step kernel (one launch per step), see ``configs``.
@@ -266,6 +265,8 @@ class TritonBackend:
             return "layer_norm is not implemented"
         if config.zoneout > 0:
             return "zoneout is not implemented"
+        if config.recurrent_dropout:
+            return "recurrent_dropout is not implemented"
         return self._supports(x)
 
     def supports_mingru(self, x: Tensor) -> str | None:
@@ -286,13 +287,6 @@ class TritonBackend:
         masks: GRUMasks = NO_MASKS,
     ) -> tuple[Tensor, Tensor]:
         """x: (T, B, I), h0: (B, H), lengths: (B,) int or None -> (y: (T, B, H), h_n: (B, H))."""
-        if masks.recurrent_dropout is not None or masks.zoneout is not None:
-            if dispatch.forced() == self.name:
-                raise dispatch.BackendUnavailable(
-                    f"{dispatch.ENV_VAR}={self.name} cannot run this GRU call: recurrent_dropout is not implemented; "
-                    f"unset {dispatch.ENV_VAR} to fall back"
-                )
-            return reference.gru_layer(x, h0, weights, config, lengths, masks)
         dtype = self._compute_dtype(x)
         path = configs.choose_path(x.shape[1], h0.shape[-1], dtype)
         tensors = [None if t is None else t.to(dtype) for t in (x, h0, *weights[:4])]

@@ -367,6 +367,51 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
   std::memcpy(h_n, h_cur, sizeof(T) * B * H);
 }
 
+// ------------------------------------------------------------------------------------------------ streaming step
+
+// One time step of the reset_after form with no lengths (the streaming step): the input product comes from W_ih
+// packed like W_hh, so the step makes no ATen call and needs no gi buffer. h_n and y_t get the new state.
+template <typename T>
+void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* wih /* (P, I, 3, N) */,
+                 const T* whh /* (P, H, 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
+                 const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out */, int64_t B,
+                 int64_t I, int64_t H) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t j0 = p * N;
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+    const T* panel_i = wih + p * I * 3 * N;
+    const T* panel_h = whh + p * H * 3 * N;
+    if (p + 1 < P) {  // the next panels: start their first lines on the way while this one computes
+      __builtin_prefetch(panel_h + H * 3 * N);
+      __builtin_prefetch(panel_i + I * 3 * N);
+    }
+    const V f0 = fold ? load<T>(fold + j0, n) : V{};
+    const V f1 = fold ? load<T>(fold + H + j0, n) : V{};
+    const V f2 = fold ? load<T>(fold + 2 * H + j0, n) : V{};
+    const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+    for_row_blocks(B, [&](auto rows, int64_t b0) {
+      constexpr int R = decltype(rows)::value;
+      V ai[R][3], ah[R][3];
+      panel_product<T, R, 3>(x + b0 * I, I, I, panel_i, ai);
+      panel_product<T, R, 3>(h0 + b0 * H, H, H, panel_h, ah);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int64_t b = b0 + r;
+        const V hp = load<T>(h0 + b * H + j0, n);
+        const V rg = sigmoid_v((f0 + ai[r][0]) + ah[r][0]);
+        const V zg = sigmoid_v((f1 + ai[r][1]) + ah[r][1]);
+        const V ng = tanh_v((f2 + ai[r][2]) + rg * (ah[r][2] + bn));
+        const V hnew = ng + zg * (hp - ng);
+        store<T>(h_n + b * H + j0, hnew, n);
+        store<T>(y + b * H + j0, hnew, n);
+      }
+    });
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ backward loop
 
 template <typename T, bool kResetAfter>
@@ -506,13 +551,112 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w
               "grukit cpu backend: inconsistent shapes");
 }
 
+// W_hh packed for the forward loop: reset_after (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N). Packing costs
+// tens to hundreds of µs at H = 64..256, so the Python side caches the result across calls.
+at::Tensor pack_hh(const at::Tensor& w_hh_in /* (3H, H) */, bool reset_after) {
+  TORCH_CHECK(w_hh_in.dim() == 2 && w_hh_in.size(0) == 3 * w_hh_in.size(1), "grukit cpu backend: w_hh must be (3H, H)");
+  const at::Tensor w_hh = w_hh_in.contiguous();
+  const int64_t H = w_hh.size(1);
+  at::Tensor wpack;
+  AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "grukit_pack_hh", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    wpack = at::empty({P * H * 3 * N}, w_hh.options());
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* wp = wpack.data_ptr<scalar_t>();
+    if (reset_after) {
+      pack_gate_panels<scalar_t>(w, H, H, 0, 3, wp);
+    } else {
+      pack_gate_panels<scalar_t>(w, H, H, 0, 2, wp);
+      pack_gate_panels<scalar_t>(w, H, H, 2 * H, 1, wp + P * H * 2 * N);
+    }
+  });
+  return wpack;
+}
+
+// W_ih packed like W_hh in the reset_after form, (P, I, 3, N): the streaming step's input product.
+at::Tensor pack_ih(const at::Tensor& w_ih_in /* (3H, I) */) {
+  TORCH_CHECK(w_ih_in.dim() == 2 && w_ih_in.size(0) % 3 == 0, "grukit cpu backend: w_ih must be (3H, I)");
+  const at::Tensor w_ih = w_ih_in.contiguous();
+  const int64_t H = w_ih.size(0) / 3, I = w_ih.size(1);
+  at::Tensor wpack;
+  AT_DISPATCH_FLOATING_TYPES(w_ih.scalar_type(), "grukit_pack_ih", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    wpack = at::empty({P * I * 3 * N}, w_ih.options());
+    pack_gate_panels<scalar_t>(w_ih.data_ptr<scalar_t>(), I, H, 0, 3, wpack.data_ptr<scalar_t>());
+  });
+  return wpack;
+}
+
+// The input-side bias with the recurrent biases folded in: reset_after b_ih + [b_hr, b_hz, 0] and b_hn apart;
+// else b_ih + b_hh (and no b_hn). The same additions, in the same order, as the unfolded path of gru_forward.
+std::vector<at::Tensor> fold_bias(const at::Tensor& b_ih /* (3H,) */, const at::Tensor& b_hh /* (3H,) */,
+                                  bool reset_after) {
+  const int64_t H = b_ih.size(0) / 3;
+  at::Tensor fold = b_ih.contiguous().clone();
+  at::Tensor b_hn;
+  if (reset_after) {
+    fold.narrow(0, 0, 2 * H).add_(b_hh.narrow(0, 0, 2 * H));
+    b_hn = b_hh.narrow(0, 2 * H, H).contiguous().clone();
+  } else {
+    fold.add_(b_hh);
+  }
+  return {fold, b_hn};
+}
+
+void check_folded(const at::Tensor& fold, const std::optional<at::Tensor>& b_hn, const at::Tensor& x, int64_t H,
+                  bool reset_after) {
+  TORCH_CHECK(fold.dim() == 1 && fold.size(0) == 3 * H && fold.is_contiguous() &&
+                  fold.scalar_type() == x.scalar_type(),
+              "grukit cpu backend: fold must be a contiguous (3H,) tensor of x's dtype");
+  if (reset_after) {
+    TORCH_CHECK(b_hn.has_value() && b_hn->dim() == 1 && b_hn->size(0) == H && b_hn->is_contiguous() &&
+                    b_hn->scalar_type() == x.scalar_type(),
+                "grukit cpu backend: b_hn must be a contiguous (H,) tensor of x's dtype with reset_after");
+  }
+}
+
+// One streaming step (reset_after, no lengths) from pre-packed weights: (y: (1, B, H), h_n: (B, H)).
+std::vector<at::Tensor> gru_step(const at::Tensor& x_in /* (1, B, I) */, const at::Tensor& h0_in /* (B, H) */,
+                                 const at::Tensor& wpack_ih /* from pack_ih */,
+                                 const at::Tensor& wpack_hh /* from pack_hh(w_hh, true) */,
+                                 const std::optional<at::Tensor>& fold /* (3H,) or none */,
+                                 const std::optional<at::Tensor>& b_hn /* (H,) or none */) {
+  TORCH_CHECK(x_in.dim() == 3 && x_in.size(0) == 1 && h0_in.dim() == 2 && x_in.size(1) == h0_in.size(0),
+              "grukit cpu step: x must be (1, B, I) and h0 (B, H)");
+  TORCH_CHECK(x_in.device().is_cpu() && h0_in.scalar_type() == x_in.scalar_type() &&
+                  wpack_ih.scalar_type() == x_in.scalar_type() && wpack_hh.scalar_type() == x_in.scalar_type(),
+              "grukit cpu step: x, h0 and the packed weights must share a CPU floating dtype");
+  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
+  const int64_t B = x.size(1), I = x.size(2), H = h0.size(1);
+  if (fold.has_value()) check_folded(*fold, b_hn, x, H, true);
+  at::Tensor y = at::empty({1, B, H}, x.options());
+  at::Tensor h_n = at::empty({B, H}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_step", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    TORCH_CHECK(wpack_ih.is_contiguous() && wpack_ih.numel() == P * I * 3 * N && wpack_hh.is_contiguous() &&
+                    wpack_hh.numel() == P * H * 3 * N,
+                "grukit cpu step: packed weights do not match x and h0");
+    step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), wpack_ih.data_ptr<scalar_t>(),
+                          wpack_hh.data_ptr<scalar_t>(), fold.has_value() ? fold->data_ptr<scalar_t>() : nullptr,
+                          b_hn.has_value() ? b_hn->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+                          h_n.data_ptr<scalar_t>(), B, I, H);
+  });
+  return {y, h_n};
+}
+
 // Returns (y, h_n, gates, hs); gates and hs are empty unless train.
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, const at::Tensor& h0_in /* (B, H) */,
                                     const at::Tensor& w_ih_in /* (3H, I) */, const at::Tensor& w_hh_in /* (3H, H) */,
                                     const std::optional<at::Tensor>& b_ih /* (3H,) */,
                                     const std::optional<at::Tensor>& b_hh /* (3H,) */,
                                     const std::optional<at::Tensor>& lengths_in /* (B,) */, bool reset_after,
-                                    bool reverse, bool train) {
+                                    bool reverse, bool train,
+                                    const std::optional<at::Tensor>& wpack_in /* from pack_hh, or none */,
+                                    const std::optional<at::Tensor>& fold_in /* from fold_bias, or none */,
+                                    const std::optional<at::Tensor>& b_hn_in /* from fold_bias, or none */) {
   check_inputs(x_in, h0_in, w_ih_in, w_hh_in);
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous();
   const at::Tensor w_hh = w_hh_in.contiguous();
@@ -520,7 +664,11 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   const at::Tensor x2 = x.reshape({T * B, I});
   at::Tensor gi;
   at::Tensor b_hn;
-  if (b_ih.has_value() && b_hh.has_value()) {
+  if (fold_in.has_value()) {  // biases folded once by the caller's cache
+    check_folded(*fold_in, b_hn_in, x, H, reset_after);
+    if (b_hn_in.has_value()) b_hn = *b_hn_in;
+    gi = at::addmm(*fold_in, x2, w_ih.t());
+  } else if (b_ih.has_value() && b_hh.has_value()) {
     at::Tensor fold = b_ih->contiguous().clone();
     if (reset_after) {
       fold.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
@@ -544,15 +692,15 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
-    at::Tensor wpack = at::empty({P * H * 3 * N}, opts);
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
-    scalar_t* wp = wpack.data_ptr<scalar_t>();
-    if (reset_after) {
-      pack_gate_panels<scalar_t>(w, H, H, 0, 3, wp);
+    at::Tensor wpack;
+    if (wpack_in.has_value()) {
+      wpack = *wpack_in;
+      TORCH_CHECK(wpack.is_contiguous() && wpack.scalar_type() == x.scalar_type() && wpack.numel() == P * H * 3 * N,
+                  "grukit cpu backend: wpack does not come from pack_hh for this w_hh");
     } else {
-      pack_gate_panels<scalar_t>(w, H, H, 0, 2, wp);
-      pack_gate_panels<scalar_t>(w, H, H, 2 * H, 1, wp + P * H * 2 * N);
+      wpack = pack_hh(w_hh, reset_after);
     }
+    const scalar_t* wp = wpack.data_ptr<scalar_t>();
     const scalar_t* bhn = b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr;
     const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
     scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
@@ -636,7 +784,14 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "grukit fused CPU GRU kernels";
-  m.def("forward", &gru_forward, "GRU layer forward: (y, h_n, gates, hs)");
+  m.def("forward", &gru_forward, "GRU layer forward: (y, h_n, gates, hs)", py::arg("x"), py::arg("h0"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
+        py::arg("reset_after"), py::arg("reverse"), py::arg("train"), py::arg("wpack") = py::none(),
+        py::arg("fold") = py::none(), py::arg("b_hn") = py::none());
+  m.def("pack_hh", &pack_hh, "W_hh packed for forward (cache it while the weight is unchanged)");
+  m.def("pack_ih", &pack_ih, "W_ih packed for step (cache it while the weight is unchanged)");
+  m.def("fold_bias", &fold_bias, "(b_ih with the recurrent r/z biases folded in, b_hn or an empty tensor)");
+  m.def("step", &gru_step, "one streaming step, reset_after, no lengths: (y (1, B, H), h_n (B, H))");
   m.def("backward", &gru_backward, "GRU layer backward: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)");
   m.def("vector_bytes", [] { return kVecBytes; }, "SIMD vector width in bytes the extension was built for");
 }
