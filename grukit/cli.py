@@ -116,7 +116,9 @@ def _checks(args: Sequence[str]) -> int:
             warnings.simplefilter("always")
             backend = dispatch.load(name)
         seconds = time.perf_counter() - started
-        if backend is not None:
+        if backend is not None and not getattr(backend, "wanted", lambda: True)():
+            print(f"backend {name}: loaded, but nothing here for it to run on (it needs a CUDA device)")
+        elif backend is not None:
             print(f"backend {name}: ready ({seconds:.1f} s)")
         else:
             reason = str(caught[0].message) if caught else "unavailable"

@@ -43,6 +43,8 @@ def test_checks_in_process(capsys):
     assert main(["checks"]) == 0
     out = capsys.readouterr().out
     assert "safetensors: installed" in out and "torch threads:" in out
+    assert "backend reference: ready" in out  # every registered backend is loaded and reported
+    assert "backend cpu:" in out and "backend triton:" in out
 
 
 @pytest.mark.parametrize(
