@@ -238,25 +238,24 @@ class TritonBackend:
     def _supports(self, x: Tensor) -> str | None:
         if torch.compiler.is_compiling():
             return "torch.compile tracing (the reference loop traces without graph breaks)"
-        device = x.device.type
-        if device == "cpu":
+        if x.is_cpu:  # first, and cheap: on a CPU-only machine this check runs on every GRU call
             if not interpreting():
                 return "CPU tensors without TRITON_INTERPRET=1 (set it to run the kernels in the Triton interpreter)"
             if dispatch.forced() != self.name:  # the interpreter is for tests: never pick it for CPU work unforced
                 return f"CPU tensors under TRITON_INTERPRET=1 unless {dispatch.ENV_VAR}={self.name} forces it"
-        elif device != "cuda":
-            return f"{device} tensors (CUDA, or CPU under TRITON_INTERPRET=1)"
+        elif not x.is_cuda:
+            return f"{x.device.type} tensors (CUDA, or CPU under TRITON_INTERPRET=1)"
         if x.dtype not in _FLOATS:
             return f"dtype {x.dtype} (float32, float16 and bfloat16 only)"
         if x.layout != torch.strided:
             return f"layout {x.layout} (strided only)"
-        if torch.is_autocast_enabled(device):
+        if torch.is_autocast_enabled(x.device.type):
             return "autocast (the reference follows autocast's casts)"
         try:
             kernels = _load_kernels()
         except RuntimeError as err:
             return str(err)
-        if device == "cpu" and type(kernels.gru_step_kernel).__name__ != "InterpretedFunction":
+        if x.is_cpu and type(kernels.gru_step_kernel).__name__ != "InterpretedFunction":
             return "CPU tensors: the kernels were compiled for the GPU (TRITON_INTERPRET=1 was set after they loaded)"
         return None
 
