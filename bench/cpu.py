@@ -42,6 +42,7 @@ os.environ["MKL_NUM_THREADS"] = str(ARGS.threads)
 os.environ["GRUKIT_CPU_PACK_CACHE"] = str(ARGS.pack_cache)  # read when grukit's cpu backend is imported
 
 import torch  # noqa: E402
+from report import write_section  # noqa: E402 (bench/report.py, beside this script)
 
 import grukit  # noqa: E402
 from grukit.backends import dispatch  # noqa: E402
@@ -252,16 +253,6 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach script under bench/ writes its own section.\n\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def machine() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -305,7 +296,7 @@ def main() -> None:
     section = markdown(header, infer, stream, train)
     print(section)
     if not ARGS.no_write:
-        write(Path(ARGS.out), section)
+        write_section(Path(ARGS.out), section, START, END)
         print(f"wrote {ARGS.out}")
 
 

@@ -33,6 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import write_section  # noqa: E402 (bench/report.py, beside this script)
+
 import grukit  # noqa: E402
 from grukit.backends import dispatch  # noqa: E402
 from grukit.backends.triton import configs  # noqa: E402
@@ -314,17 +316,6 @@ def section(device_name: str, checks, gru, mingru, seconds: float, device: torch
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, text: str) -> None:
-    """Replace this script's section of ``path`` (between its markers), or append it; other sections stay."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nEach script under bench/ writes its own section.\n\n"
-    if START in old and END in old:
-        before, rest = old.split(START, 1)
-        new = before + text + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> int:
     global DRY_RUN
     args = _args()
@@ -358,7 +349,7 @@ def main() -> int:
     if args.no_write:
         print(text)
     else:
-        write(Path(args.out), text)
+        write_section(Path(args.out), text, START, END)
         print(f"wrote the GPU section of {args.out}")
     return 0 if all(ok for *_, ok in checks) else 1
 
