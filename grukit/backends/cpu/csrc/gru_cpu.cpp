@@ -265,6 +265,12 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
     const int64_t t = reverse ? steps - 1 - s : s;
     const T* gi_t = gi + t * B * G3;
     T* y_t = y + t * B * H;
+    // A sequence past its length keeps its state and outputs zeros (training saves the state it kept).
+    auto carry_state = [&](int64_t b, int64_t j0, int n, V hp) {
+      store<T>(h_next + b * H + j0, hp, n);
+      store<T>(y_t + b * H + j0, V{}, n);
+      if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
+    };
     if constexpr (kResetAfter) {
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * N;
@@ -280,9 +286,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
             const int64_t b = b0 + r;
             const V hp = load<T>(h_cur + b * H + j0, n);
             if (!valid_step(lengths, b, t)) {
-              store<T>(h_next + b * H + j0, hp, n);
-              store<T>(y_t + b * H + j0, V{}, n);
-              if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
+              carry_state(b, j0, n, hp);
               continue;
             }
             const T* g = gi_t + b * G3 + j0;
@@ -344,9 +348,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
             const int64_t b = b0 + r;
             const V hp = load<T>(h_cur + b * H + j0, n);
             if (!valid_step(lengths, b, t)) {
-              store<T>(h_next + b * H + j0, hp, n);
-              store<T>(y_t + b * H + j0, V{}, n);
-              if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
+              carry_state(b, j0, n, hp);
               continue;
             }
             const V zg = load<T>(h_next + b * H + j0, n);
