@@ -1,19 +1,22 @@
 """CPU benchmark: grukit's fused cpu backend against torch.nn.GRU and onnxruntime, and against the floor.
 
-    python bench/cpu.py [--threads 1] [--quick] [--out BENCHMARKS.md]
+    python bench/cpu.py [--threads 1,2] [--quick] [--out BENCHMARKS.md]
 
-Full-sequence inference (T = 256, input = hidden) for B in {1, 8, 64} and H in {64, 256, 1024}, and training
-forward + backward at (T, B, H) in {(64, 8, 64), (64, 1, 256), (64, 32, 256)}, and streaming steps from Python
-at B = 1 (``gru.step(x_t, state)`` under no_grad against torch.nn.GRUCell and onnxruntime's session.run with
-T = 1 and h0 fed, plus the bare kernel call ``ext.step`` to show what is Python). Competitors run in interleaved
-rounds (one call each per round) and each column is the median over rounds. The floor is
-../shared/notes/cpu-baselines.md's formula: max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size)
-+ 2·B·3H·I / 96e9 seconds per step. The table goes into BENCHMARKS.md between this script's markers.
+Full-sequence inference (T = 256, input = hidden) for B in {1, 8, 64} and H in {64, 256, 1024}; streaming steps
+from Python at B = 1: ``stepper.step(x_t, state)`` (``gru.stepper()``: weights packed once, all layers in one C++
+call), the plain ``gru.step`` under no_grad, and the bare C++ call, against torch.nn.GRUCell and onnxruntime's
+session.run with T = 1 and h0 fed; training forward + backward at (T, B, H) in {(64, 8, 64), (64, 1, 256),
+(64, 32, 256)} with each side's peak memory. Every competitor runs at each thread count in the same interleaved
+rounds (one call each per round, thread count set before each call) and each column is the median over rounds, so
+the 2-thread / 1-thread ratios come from one run. The floor is ../shared/notes/cpu-baselines.md's formula:
+max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) + 2·B·3H·I / 96e9 seconds per step (one thread). The
+tables go into BENCHMARKS.md between this script's markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import os
 import platform
@@ -21,24 +24,29 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch, OpenMP and onnxruntime threads (default 1)")
+    parser.add_argument("--threads", default="1,2", help="thread counts to compare, comma-separated (default 1,2)")
     parser.add_argument("--quick", action="store_true", help="a small subset (B, H in {1, 8} x {64, 256}, T = 64)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
         "--pack-cache", type=int, default=8, help="entries of the cpu backend's opt-in packed-weight cache (0: off)"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.threads = [int(n) for n in args.threads.split(",")]
+    return args
 
 
 ARGS = _args()
-os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)  # before torch is imported
-os.environ["MKL_NUM_THREADS"] = str(ARGS.threads)
+os.environ["OMP_NUM_THREADS"] = str(max(ARGS.threads))  # before torch is imported: the pool's size
+os.environ["MKL_NUM_THREADS"] = str(max(ARGS.threads))
+if len(ARGS.threads) > 1:  # an OpenMP pool that spins after a 2-thread call steals the core from the next 1-thread one
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["GRUKIT_CPU_PACK_CACHE"] = str(ARGS.pack_cache)  # read when grukit's cpu backend is imported
 
 import torch  # noqa: E402
@@ -62,7 +70,7 @@ def floor_us(batch: int, hidden: int, inputs: int) -> float:
     return (recurrent + 2 * batch * 3 * hidden * inputs / FLOP_RATE) * 1e6
 
 
-def interleaved(fns: dict[str, callable], rounds: int) -> dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds after one warm-up call each."""
     for fn in fns.values():
         fn()
@@ -75,22 +83,36 @@ def interleaved(fns: dict[str, callable], rounds: int) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def ort_session(gru: grukit.GRU, directory: str):
-    """An onnxruntime session of grukit's ONNX export, or None without onnxruntime."""
+def at_threads(fns: dict[str, Callable[[], object]], threads: int) -> dict[str, Callable[[], object]]:
+    """Each fn renamed ``name@threads`` and run after ``torch.set_num_threads(threads)`` (outside the timer's
+    interest: it costs microseconds against the milliseconds timed; the streaming calls come in batches of 200)."""
+
+    def wrap(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            torch.set_num_threads(threads)
+            return fn()
+
+        return run
+
+    return {f"{name}@{threads}": wrap(fn) for name, fn in fns.items()}
+
+
+def ort_session(path: Path, threads: int):
+    """An onnxruntime session of an exported model at ``threads`` intra-op threads, or None without onnxruntime."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    path = grukit.export_onnx(gru, Path(directory) / f"gru_{gru.hidden_size}.onnx")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = ARGS.threads
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def sgemm_rate() -> float:
-    """This machine's measured torch sgemm GFLOP/s at one large square size (the notes assume 96)."""
+    """This machine's measured torch sgemm GFLOP/s at one large square size on one thread (the notes assume 96)."""
+    torch.set_num_threads(1)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     seconds = interleaved({"mm": lambda: torch.mm(a, b)}, 7)["mm"]
     return 2 * 1024**3 / seconds / 1e9
@@ -104,11 +126,15 @@ def inference(steps: int, batches: list[int], hiddens: list[int], directory: str
             reference = torch.nn.GRU(hidden, hidden).eval()
             gru = grukit.GRU.from_torch(reference).eval()
             x = torch.randn(steps, batch, hidden)
-            session = ort_session(gru, directory)
+            path = grukit.export_onnx(gru, Path(directory) / f"gru_{hidden}.onnx")
             feed = {"input": x.numpy()}
-            fns = {"torch": lambda m=reference, x=x: m(x), "grukit": lambda m=gru, x=x: m(x)}
-            if session is not None:
-                fns["ort"] = lambda s=session, f=feed: s.run(None, f)
+            fns = {}
+            for threads in ARGS.threads:
+                ours = {"torch": lambda m=reference, x=x: m(x), "grukit": lambda m=gru, x=x: m(x)}
+                session = ort_session(path, threads)
+                if session is not None:
+                    ours["ort"] = lambda s=session, f=feed: s.run(None, f)
+                fns.update(at_threads(ours, threads))
             with torch.no_grad():
                 expected, got = reference(x)[0], gru(x)[0]
                 assert (expected - got).abs().max().item() < 1e-4
@@ -116,7 +142,7 @@ def inference(steps: int, batches: list[int], hiddens: list[int], directory: str
                 rounds = max(3, min(11, int(3e9 / work)))  # fewer rounds where one call takes seconds
                 medians = interleaved(fns, rounds)
             per_step = {name: seconds / steps * 1e6 for name, seconds in medians.items()}
-            row = {"B": batch, "H": hidden, **per_step, "floor": floor_us(batch, hidden, hidden), "rounds": rounds}
+            row = {"B": batch, "H": hidden, "T": steps, **per_step, "floor": floor_us(batch, hidden, hidden)}
             rows.append(row)
             print(_inference_line(row), flush=True)
     return rows
@@ -124,8 +150,6 @@ def inference(steps: int, batches: list[int], hiddens: list[int], directory: str
 
 def streaming(hiddens: list[int], directory: str) -> list[dict]:
     """µs per single step at B = 1 from Python (medians of interleaved rounds of 200 calls each)."""
-    from grukit.backends.cpu import PACK_CACHE
-
     rows = []
     for hidden in hiddens:
         torch.manual_seed(0)
@@ -137,51 +161,63 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
                 getattr(cell, f"weight_{ours}").copy_(getattr(reference, f"weight_{theirs}"))
                 getattr(cell, f"bias_{ours}").copy_(getattr(reference, f"bias_{theirs}"))
         x, state, h = torch.randn(1, hidden), torch.zeros(1, 1, hidden), torch.zeros(1, hidden)
-        ext = load_extension()
-        fns = {"cell": lambda c=cell, x=x, h=h: c(x, h), "grukit": lambda g=gru, x=x, s=state: g.step(x, s)}
-        if hasattr(ext, "step"):
-            weights = gru._layer_weights(0, 0)
-            with torch.no_grad():
-                packed = PACK_CACHE.get(ext, (weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh), True)
-                w_ih = PACK_CACHE.step_weights(ext, packed, weights.w_ih)
-            args = (x.unsqueeze(0), state[0], w_ih, packed.w_hh, packed.fold, packed.b_hn)
-            fns["kernel"] = lambda a=args, e=ext: e.step(*a)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            ort = None
-        if ort is not None:
-            path = grukit.export_onnx(gru, Path(directory) / f"step_{hidden}.onnx", initial_state=True)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = ARGS.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"input": x.unsqueeze(0).numpy(), "h0": state.numpy()}
-            fns["ort"] = lambda s=session, f=feed: s.run(None, f)
+        stepper, rounded = gru.stepper(), gru.stepper(bf16=True)
+        fused = stepper._fused  # the bare C++ call: what is left without the stepper's Python
+        path = grukit.export_onnx(gru, Path(directory) / f"step_{hidden}.onnx", initial_state=True)
+        feed = {"input": x.unsqueeze(0).numpy(), "h0": state.numpy()}
+        repeat = 200
+
+        def batched(fn: Callable[[], object], n: int = repeat) -> None:
+            for _ in range(n):
+                fn()
+
+        fns = {}
+        for threads in ARGS.threads:
+            ours = {
+                "cell": lambda c=cell, x=x, h=h: c(x, h),
+                "stepper": lambda s=stepper, x=x, h=state: s.step(x, h),
+                "bf16": lambda s=rounded, x=x, h=state: s.step(x, h),
+                "step": lambda g=gru, x=x, s=state: g.step(x, s),
+                "call": lambda f=fused, x=x, s=state: f(x, s),
+            }
+            session = ort_session(path, threads)
+            if session is not None:
+                ours["ort"] = lambda s=session, f=feed: s.run(None, f)
+            fns.update(at_threads({name: lambda f=fn: batched(f) for name, fn in ours.items()}, threads))
         with torch.no_grad():
             expected = cell(x, h)
+            torch.testing.assert_close(stepper.step(x, state)[0], expected, atol=1e-5, rtol=0)
             torch.testing.assert_close(gru.step(x, state)[0], expected, atol=1e-5, rtol=0)
-            repeat = 200
-
-            def batched(fn, n=repeat):
-                for _ in range(n):
-                    fn()
-
-            medians = interleaved({name: lambda f=fn: batched(f) for name, fn in fns.items()}, 15)
+            medians = interleaved(fns, 15)
+            xs = torch.randn(100, 1, hidden)
+            bf16_error = max((stepper(x_t) - rounded(x_t)).abs().max().item() for x_t in xs)  # 100 steps, carried
         row = {"H": hidden, **{name: seconds / repeat * 1e6 for name, seconds in medians.items()}}
+        row["bf16_error"] = bf16_error
         rows.append(row)
         print(_streaming_line(row), flush=True)
     return rows
 
 
-def _streaming_line(row: dict) -> str:
-    ort = f"{row['ort']:.2f}" if "ort" in row else "-"
-    kernel = f"{row['kernel']:.2f}" if "kernel" in row else "-"
-    return (
-        f"step B=1 H={row['H']}: GRUCell {row['cell']:.2f} µs, ort {ort}, grukit {row['grukit']:.2f} "
-        f"(kernel call {kernel}), {row['cell'] / row['grukit']:.2f}x GRUCell"
-    )
+_libc = ctypes.CDLL(None)
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> float | None:
+    """Bytes by which this process's peak resident set grows during fn(): the peak is reset first
+    (/proc/self/clear_refs "5"), after malloc_trim returns freed heap to the system; None off Linux."""
+    try:
+        _libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _proc_status("VmRSS:")
+        fn()
+        return _proc_status("VmHWM:") - base
+    except (OSError, AttributeError, StopIteration):
+        return None
 
 
 def training(configs: list[tuple[int, int, int]]) -> list[dict]:
@@ -197,60 +233,135 @@ def training(configs: list[tuple[int, int, int]]) -> list[dict]:
             y, h_n = module(x)
             (y.square().mean() + h_n.square().mean()).backward()
 
-        medians = interleaved({"torch": lambda m=reference: step(m), "grukit": lambda m=gru: step(m)}, 9)
+        fns = {}
+        for threads in ARGS.threads:
+            fns.update(at_threads({"torch": lambda m=reference: step(m), "grukit": lambda m=gru: step(m)}, threads))
+        medians = interleaved(fns, 9)
         row = {"T": steps, "B": batch, "H": hidden, **{k: v * 1e3 for k, v in medians.items()}}
+        torch.set_num_threads(1)
+        for name, module in (("torch", reference), ("grukit", gru)):  # medians of 3, one thread
+            growth = [peak_rss_growth(lambda m=module: step(m)) for _ in range(3)]
+            row[f"mem_{name}"] = None if None in growth else statistics.median(growth) / 2**20
         rows.append(row)
-        print(f"train T={steps} B={batch} H={hidden}: torch {row['torch']:.2f} ms, grukit {row['grukit']:.2f} ms, "
-              f"{row['torch'] / row['grukit']:.2f}x", flush=True)  # fmt: skip
+        print(_training_line(row), flush=True)
     return rows
 
 
+def _ratio(row: dict, slower: str, faster: str) -> str:
+    return f"{row[slower] / row[faster]:.2f}" if slower in row and faster in row else "-"
+
+
+def _us(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
 def _inference_line(row: dict) -> str:
-    ort = f"{row['ort']:.2f}" if "ort" in row else "-"
+    one = min(ARGS.threads)
+    parts = [f"{name}@{n} {_us(row, f'{name}@{n}')}" for n in ARGS.threads for name in ("torch", "ort", "grukit")]
     return (
-        f"B={row['B']} H={row['H']}: torch {row['torch']:.2f} µs/step, ort {ort}, grukit {row['grukit']:.2f}, "
-        f"floor {row['floor']:.2f} ({100 * row['floor'] / row['grukit']:.0f} % of floor)"
+        f"B={row['B']} H={row['H']} µs/step: " + ", ".join(parts) + f"; floor {row['floor']:.2f} "
+        f"({100 * row['floor'] / row[f'grukit@{one}']:.0f} % of floor at {one} thread)"
     )
 
 
+def _streaming_line(row: dict) -> str:
+    parts = [
+        f"{name}@{n} {_us(row, f'{name}@{n}')}"
+        for n in ARGS.threads
+        for name in ("cell", "ort", "step", "stepper", "call", "bf16")
+    ]
+    speedup = _ratio(row, f"cell@{min(ARGS.threads)}", f"stepper@{min(ARGS.threads)}")
+    return f"step B=1 H={row['H']} µs: " + ", ".join(parts) + f"; stepper {speedup}x GRUCell"
+
+
+def _training_line(row: dict) -> str:
+    parts = [f"{name}@{n} {row[f'{name}@{n}']:.2f} ms" for n in ARGS.threads for name in ("torch", "grukit")]
+    return f"train T={row['T']} B={row['B']} H={row['H']}: " + ", ".join(parts)
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def markdown(header: list[str], infer: list[dict], stream: list[dict], train: list[dict]) -> str:
+    one, more = min(ARGS.threads), [n for n in ARGS.threads if n != min(ARGS.threads)]
     lines = [START, "## CPU (bench/cpu.py)", "", *header, ""]
     lines += [
-        "Full-sequence inference, input = hidden, µs per time step (medians of interleaved rounds):",
+        f"Full-sequence inference, T = {infer[0]['T']}, input = hidden, {one} thread, µs per time step (medians of "
+        "interleaved rounds):",
         "",
         "| B | H | torch.nn.GRU | onnxruntime | grukit cpu | floor | grukit % of floor | speed-up vs torch | vs ort |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in infer:
-        ort, ours = r.get("ort"), r["grukit"]
-        ort_us, ort_ratio = ("-", "-") if ort is None else (f"{ort:.2f}", f"{ort / ours:.2f}")
+        ours = r[f"grukit@{one}"]
         lines.append(
-            f"| {r['B']} | {r['H']} | {r['torch']:.2f} | {ort_us} | {ours:.2f} | {r['floor']:.2f} | "
-            f"{100 * r['floor'] / ours:.0f} % | {r['torch'] / ours:.2f} | {ort_ratio} |"
+            f"| {r['B']} | {r['H']} | {_us(r, f'torch@{one}')} | {_us(r, f'ort@{one}')} | {ours:.2f} | "
+            f"{r['floor']:.2f} | {100 * r['floor'] / ours:.0f} % | {_ratio(r, f'torch@{one}', f'grukit@{one}')} | "
+            f"{_ratio(r, f'ort@{one}', f'grukit@{one}')} |"
         )
     lines += [
         "",
-        "Streaming from Python, B = 1, one step per call, µs per call (`gru.step` under no_grad; kernel = the bare "
-        "`ext.step` call, i.e. what is left without grukit's layer code):",
+        f"Streaming from Python, B = 1, one step per call, {one} thread, µs per call: `stepper.step(x, h)` is "
+        "`gru.stepper()`'s handle (weights packed once, all layers in one C++ call); C++ call is that handle's bare "
+        "kernel call (what is left without its Python); `gru.step` is the plain layer call under no_grad (no "
+        "snapshot: it packs the weights on each call unless the opt-in cache holds them); bf16 is "
+        "`gru.stepper(bf16=True)` (weights rounded to bfloat16, arithmetic in float32), its error the largest "
+        "|y_bf16 - y_f32| over 100 steps of N(0, 1) inputs with the state carried.",
         "",
-        "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit step | grukit kernel call | vs GRUCell | vs ort |",
-        "|---|---|---|---|---|---|---|",
+        "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call | `gru.step` | "
+        "stepper vs GRUCell | vs ort | bf16 stepper | bf16 vs float32 stepper | bf16 max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in stream:
-        ort, ours = r.get("ort"), r["grukit"]
-        ort_us, ort_ratio = ("-", "-") if ort is None else (f"{ort:.2f}", f"{ort / ours:.2f}")
-        kernel = f"{r['kernel']:.2f}" if "kernel" in r else "-"
         lines.append(
-            f"| {r['H']} | {r['cell']:.2f} | {ort_us} | {ours:.2f} | {kernel} | {r['cell'] / ours:.2f} | {ort_ratio} |"
+            f"| {r['H']} | {_us(r, f'cell@{one}')} | {_us(r, f'ort@{one}')} | {_us(r, f'stepper@{one}')} | "
+            f"{_us(r, f'call@{one}')} | {_us(r, f'step@{one}')} | {_ratio(r, f'cell@{one}', f'stepper@{one}')} | "
+            f"{_ratio(r, f'ort@{one}', f'stepper@{one}')} | {_us(r, f'bf16@{one}')} | "
+            f"{_ratio(r, f'stepper@{one}', f'bf16@{one}')} | {r['bf16_error']:.1e} |"
         )
-    lines += ["", "Training, forward + backward, ms per iteration:", ""]
-    lines.append("| T, B, H | torch.nn.GRU | grukit cpu | speed-up vs torch |")
-    lines.append("|---|---|---|---|")
+    lines += [
+        "",
+        f"Training, forward + backward, {one} thread, ms per iteration; peak memory = growth of the process's peak "
+        "resident set during one iteration (VmHWM reset through /proc/self/clear_refs after malloc_trim; median of 3; "
+        "includes allocator overhead, so +-10-20 %):",
+        "",
+    ]
+    lines.append("| T, B, H | torch.nn.GRU | grukit cpu | speed-up vs torch | peak MiB torch | peak MiB grukit |")
+    lines.append("|---|---|---|---|---|---|")
     for r in train:
-        speedup = r["torch"] / r["grukit"]
-        lines.append(f"| {r['T']}, {r['B']}, {r['H']} | {r['torch']:.2f} | {r['grukit']:.2f} | {speedup:.2f} |")
+        lines.append(
+            f"| {r['T']}, {r['B']}, {r['H']} | {r[f'torch@{one}']:.2f} | {r[f'grukit@{one}']:.2f} | "
+            f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | {_mib(r['mem_torch'])} | {_mib(r['mem_grukit'])} |"
+        )
+    for n in more:
+        lines += _threads_tables(one, n, infer, stream, train)
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _threads_tables(one: int, n: int, infer: list[dict], stream: list[dict], train: list[dict]) -> list[str]:
+    """The n-thread columns beside the one-thread ones, from the same interleaved rounds."""
+    lines = [
+        "",
+        f"{n} threads against {one} (same rounds; grukit splits a step's hidden units over two threads when the step "
+        f"has ≥ {load_extension().split_flops() / 1e6:.1f} MFLOP, else runs one):",
+        "",
+        f"| case | torch.nn.GRU {n}t | onnxruntime {n}t | grukit {one}t | grukit {n}t | grukit {n}t / {one}t speed-up "
+        f"| grukit {n}t vs torch {n}t | vs ort {n}t |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    cases = [(f"inference B={r['B']} H={r['H']} (µs/step)", r, "torch", "ort", "grukit") for r in infer]
+    cases += [(f"streaming H={r['H']} (µs/call)", r, "cell", "ort", "stepper") for r in stream]
+    cases += [(f"training {r['T']}, {r['B']}, {r['H']} (ms)", r, "torch", None, "grukit") for r in train]
+    for label, r, theirs, ort, ours in cases:
+        ort_cells = (_us(r, f"{ort}@{n}"), _ratio(r, f"{ort}@{n}", f"{ours}@{n}")) if ort else ("-", "-")
+        lines.append(
+            f"| {label} | {_us(r, f'{theirs}@{n}')} | {ort_cells[0]} | {_us(r, f'{ours}@{one}')} | "
+            f"{_us(r, f'{ours}@{n}')} | {_ratio(r, f'{ours}@{one}', f'{ours}@{n}')} | "
+            f"{_ratio(r, f'{theirs}@{n}', f'{ours}@{n}')} | {ort_cells[1]} |"
+        )
+    return lines
 
 
 def machine() -> str:
@@ -262,8 +373,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs"
 
 
+def load_average() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
-    torch.set_num_threads(ARGS.threads)
     os.environ[dispatch.ENV_VAR] = "cpu"  # grukit's column is the cpu backend or an error, never a silent fallback
     ext = load_extension()
     rate = sgemm_rate()
@@ -274,13 +391,17 @@ def main() -> None:
     except ImportError:
         ort_version = "not installed"
     command = "python bench/cpu.py " + " ".join(sys.argv[1:])
+    load_before = load_average()
     header = [
         f"- Machine: {machine()}; kernels built for {ext.vector_bytes() * 8}-bit vectors; measured torch sgemm "
         f"{rate:.0f} GFLOP/s on one thread (the floor assumes the notes' 96).",
-        f"- Threads: {ARGS.threads} (torch.set_num_threads, OMP_NUM_THREADS, onnxruntime intra_op_num_threads).",
+        f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
+        "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
+        "regions instead of spinning into the next call's time).",
         f"- torch {torch.__version__}, onnxruntime {ort_version}, Python {platform.python_version()}.",
         f"- grukit cpu packed-weight cache: {ARGS.pack_cache} entries (opt-in, GRUKIT_CPU_PACK_CACHE; off by default;"
-        " `--pack-cache 0` measures the default).",
+        " `--pack-cache 0` measures the default; the stepper never uses it).",
         f"- Date: {datetime.date.today().isoformat()}. Command: `{command.strip()}`.",
     ]
     print("\n".join(header), flush=True)
@@ -293,6 +414,10 @@ def main() -> None:
             infer = inference(256, [1, 8, 64], [64, 256, 1024], directory)
             stream = streaming([64, 256, 1024], directory)
             train = training([(64, 8, 64), (64, 1, 256), (64, 32, 256)])
+    header.append(
+        f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()} — the machine is shared "
+        "(2 cores): other jobs inflate absolute times and above all the 2-thread columns."
+    )
     section = markdown(header, infer, stream, train)
     print(section)
     if not ARGS.no_write:

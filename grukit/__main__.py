@@ -1,5 +1,9 @@
-"""``python -m grukit ...`` runs the ``grukit`` command line."""
+"""``python -m grukit ...`` (and ``torchrun ... -m grukit ...``) runs the ``grukit`` command line.
+
+The guard matters: worker processes started with the "spawn" method (``devices=N``) import this module again.
+"""
 
 from grukit.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

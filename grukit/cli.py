@@ -1,9 +1,9 @@
 """The ``grukit`` command: ``grukit TASK MODE key=value ...``, plus ``grukit cfg | help | version | checks``.
 
 A thin layer over ``grukit.Model``: the arguments are parsed and checked by ``grukit.workflow.config`` (the
-one parser), then ``Model(task, **cfg).train()`` (or ``.val()``, ``.predict()``, ``.export()``) runs. Any user
-error (unknown command or key, a bad value, bad data) prints one line ``grukit: ...`` to stderr and exits
-with status 2, never a traceback.
+one parser), then ``Model(task, **cfg).train()`` (or ``.val()``, ``.predict()``, ``.export()``, ``.benchmark()``,
+``.compare()``) runs. Any user error (unknown command or key, a bad value, bad data) prints one line
+``grukit: ...`` to stderr and exits with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,18 +20,21 @@ import torch
 from grukit import __version__
 from grukit.backends import dispatch
 from grukit.errors import ConfigError, GrukitError, did_you_mean
+from grukit.tasks.encoders import ARCHITECTURES
 from grukit.workflow.config import MODES, TASKS, defaults_text, parse_args
 
 USAGE = """usage: grukit TASK MODE [key=value ...]
        grukit cfg | help | version | checks
 
-tasks:  forecast, classify (numeric sequences; seq2seq: not implemented yet)
+tasks:  forecast, classify (numeric sequences, text, audio), seq2seq (string pairs, character level)
 modes:  train     train on data=... (default: bundled elecdemand), write runs/TASK/NAME/ and print test metrics
         val       score a trained model (model=RUN_FOLDER or .safetensors; default: the latest run) on its test windows
         predict   forecast the horizon after the last value of source=... (default: the model's data);
-                  classify: the class of every sequence of source=...
+                  classify: the class of every sequence of source=...; seq2seq: the output of every source
         export    write format=onnx|torchscript next to the checkpoint and check it on real inputs
-        (benchmark, compare: not implemented yet)
+        benchmark time a trained model (model=RUN) on each compute backend and onnxruntime, on its test inputs
+        compare   train models=gru,mingru,lstm,transformer (the default) on the same data with the same settings
+                  and print one table: parameters, training time, latency, test metrics and baselines
 other:  cfg       print every key with its default (grukit/workflow/defaults.toml)
         version   print the grukit, torch and python versions
         checks    build the compute backends and print what this installation can use
@@ -41,13 +44,19 @@ examples:
   grukit forecast train
   grukit forecast train data=my.csv target=load known=temp epochs=20 hidden=32
   grukit forecast train resume=True
+  grukit forecast train devices=2          (or: torchrun --nproc-per-node 2 -m grukit forecast train)
   grukit forecast predict model=runs/forecast/train
   grukit forecast export model=runs/forecast/train format=onnx
+  grukit forecast benchmark model=runs/forecast/train
+  grukit forecast compare epochs=10 models=gru,lstm
+  grukit forecast train model=lstm
   grukit classify train
-  grukit classify predict model=runs/classify/train source=my_sequences.csv"""
+  grukit classify predict model=runs/classify/train source=my_sequences.csv
+  grukit seq2seq train                    (bundled dates: free-form dates to ISO 8601)
+  grukit seq2seq predict model=runs/seq2seq/train source=my_sources.csv beam=4"""
 
-IMPLEMENTED_TASKS = ("forecast", "classify")
-IMPLEMENTED_MODES = ("train", "val", "predict", "export")
+IMPLEMENTED_TASKS = ("forecast", "classify", "seq2seq")
+IMPLEMENTED_MODES = ("train", "val", "predict", "export", "benchmark", "compare")
 
 
 def _latest_run(project: str, task: str) -> str:
@@ -74,15 +83,20 @@ def run_task(task: str, mode: str, args: Sequence[str]) -> int:
     if mode == "train":
         Model(task, **overrides).train()
         return 0
+    if mode == "compare":
+        Model(task, **overrides).compare()
+        return 0
     project = overrides.get("project", "runs")
     model = overrides.pop("model", None) or _latest_run(project, task)
-    if model in ("gru",):
-        raise ConfigError(f"{mode} needs a trained model: model=RUN_FOLDER or model=FILE.safetensors")
+    if model in ARCHITECTURES:
+        raise ConfigError(f"{mode} needs a trained model: model=RUN_FOLDER or model=FILE.safetensors, not {model}")
     trained = Model(task, model=model, **overrides)
     if mode == "val":
         trained.val()
     elif mode == "predict":
         trained.predict()
+    elif mode == "benchmark":
+        trained.benchmark()
     else:
         trained.export(trained.cfg["format"])
     return 0

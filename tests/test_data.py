@@ -9,11 +9,11 @@ from grukit.data import bundled, load, names
 
 
 def test_names():
-    assert names() == ["airline", "elecdemand", "japanese_vowels", "sunspots"]
+    assert names() == ["airline", "dates", "elecdemand", "japanese_vowels", "numbers", "sunspots", "word_languages"]
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"'nope'.*airline, elecdemand, japanese_vowels, sunspots"):
+    with pytest.raises(ValueError, match=r"'nope'.*airline, dates, elecdemand, japanese_vowels, numbers, sunspots"):
         load("nope")
 
 

@@ -7,9 +7,10 @@ once and its backend is skipped from then on. A forced backend that cannot serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ class BackendUnavailable(RuntimeError):
 
 _loaders: dict[str, tuple[int, Callable[[], Backend]]] = {}
 _loaded: dict[str, Backend | None] = {}
+_order: list[str] = []  # names(), kept sorted by register(): every layer call walks it
 
 
 def register(name: str, loader: Callable[[], Backend], priority: int) -> None:
@@ -33,12 +35,13 @@ def register(name: str, loader: Callable[[], Backend], priority: int) -> None:
     _loaders.pop(name, None)  # re-registering counts as registering last
     _loaders[name] = (priority, loader)
     _loaded.pop(name, None)
+    order = list(_loaders)
+    _order[:] = sorted(_loaders, key=lambda n: (-_loaders[n][0], -order.index(n)))
 
 
 def names() -> list[str]:
     """Registered backend names, highest priority first; among equals, the one registered last (a user's own)."""
-    order = list(_loaders)
-    return sorted(_loaders, key=lambda n: (-_loaders[n][0], -order.index(n)))
+    return list(_order)
 
 
 def load(name: str) -> Backend | None:
@@ -61,6 +64,24 @@ def forced() -> str | None:
     return os.environ.get(ENV_VAR) or None
 
 
+@contextlib.contextmanager
+def force(name: str | None) -> Iterator[None]:
+    """Within the block every call runs as under ``GRUKIT_BACKEND=name`` (None: no backend forced); the
+    variable's previous value is restored afterwards."""
+    previous = os.environ.get(ENV_VAR)
+    if name is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+
+
 def _select(reason_of: Callable[[Backend], str | None], what: str) -> Backend:
     name = forced()
     if name is not None:
@@ -73,7 +94,7 @@ def _select(reason_of: Callable[[Backend], str | None], what: str) -> Backend:
         if reason is not None:
             raise BackendUnavailable(f"{ENV_VAR}={name} cannot run this {what}: {reason}; unset {ENV_VAR} to fall back")
         return backend
-    for candidate in names():
+    for candidate in _order:
         backend = load(candidate)
         if backend is not None and reason_of(backend) is None:
             return backend

@@ -20,6 +20,9 @@ _FILES = {
     "elecdemand": "elecdemand.csv.gz",
     "sunspots": "sunspots.csv",
     "japanese_vowels": "japanese_vowels.csv.gz",
+    "dates": "dates.csv.gz",
+    "numbers": "numbers.csv.gz",
+    "word_languages": "word_languages.csv.gz",
 }
 
 
@@ -47,6 +50,9 @@ def load(name: str) -> dict[str, np.ndarray]:
     ``sunspots``: N = 309, year (int), sunspots (yearly mean sunspot number).
     ``japanese_vowels``: N = 9961 rows of 640 sequences in long format: series (int), step (int), c1..c12
     (float, LPC coefficients), speaker (int, 1..9), split (text: train or test, the official UEA split).
+    ``word_languages``: N = 10000 words (text), language (english, french, german, spanish, italian), split.
+    ``dates``: N = 10000 pairs: source (text, a written date), target (datetime64[D]), locale (text).
+    ``numbers``: N = 10000 pairs: source (text, digits), target (text, English words).
     Raises ValueError naming the available datasets when ``name`` is not one of them.
     """
     if name not in _FILES:

@@ -7,7 +7,9 @@ Each (layer, direction) is computed by the backend that dispatch picks.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from grukit.backends.dispatch import gru_backend
 from grukit.nn.checks import batch_input, check_hidden, check_probability, check_rnn_args, check_sequence
 from grukit.nn.streaming import StreamingMixin
 
+_config = functools.lru_cache(maxsize=256)(GRUConfig)  # one frozen config per distinct call: no rebuild per step
 _LN_STEMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 _TORCH_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
@@ -190,10 +193,38 @@ class GRU(StreamingMixin, nn.Module):
 
     def stream_chunk(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """One chunk of a stream (see ``step`` and ``stream``): forward with the carried state."""
-        if self.bidirectional or self.reverse:
-            raise RuntimeError("streaming needs a forward-only GRU; this one is bidirectional or reverse")
+        self._check_forward_only()
         output, h_n = self(x, state)
         return output, h_n
+
+    def _check_forward_only(self) -> None:
+        if self.bidirectional or self.reverse:
+            raise RuntimeError("streaming needs a forward-only GRU; this one is bidirectional or reverse")
+
+    def fused_stepper(self, bf16: bool = False) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | None] | None:
+        """The fused stepper of the backend that serves this GRU's eval steps, bound to the current weights, or None
+        (see ``grukit.nn.streaming.Stepper``). A backend offers one through an optional
+        ``make_stepper(weights per layer, config, watched parameters, bf16)`` method."""
+        self._check_forward_only()
+        config = self._config(0, training=False)
+        probe = self.weight_ih_l0.new_empty(1, 1, self.input_size)  # what an eval step looks like to dispatch
+        make = getattr(gru_backend(probe, config, None), "make_stepper", None)
+        if make is None:
+            return None
+        weights = [self._layer_weights(layer, 0) for layer in range(self.num_layers)]
+        return make(weights, config, list(self.parameters()), bf16)
+
+    def initial_step_state(self, x_t: Tensor) -> Tensor:
+        """The state a step starts from: zeros or ``initial_state``. x_t: (B, I) or (I,) -> (L, B, H) or (L, H)."""
+        with torch.no_grad():
+            if x_t.dim() == 1:
+                shape = (self.num_layers, self.hidden_size)
+                init = self.initial_state if self.learn_init else None
+            else:
+                shape = (self.num_layers, x_t.shape[0], self.hidden_size)
+                init = self.initial_state.unsqueeze(1) if self.learn_init else None
+            weight = self.weight_ih_l0
+            return init.expand(shape).clone() if init is not None else weight.new_zeros(shape)
 
     def _check_lengths(self, lengths: Tensor | list[int], x: Tensor) -> Tensor:
         """lengths: (B,) integers in [0, T] -> int64 tensor on x's device. x: (T, B, I)."""
@@ -240,14 +271,7 @@ class GRU(StreamingMixin, nn.Module):
             outputs = []
             for direction in range(directions):
                 index = layer * directions + direction
-                config = GRUConfig(
-                    reset_after=self.reset_after,
-                    reverse=direction == 1 or self.reverse,
-                    layer_norm=self.layer_norm,
-                    zoneout=self.zoneout,
-                    recurrent_dropout=self.training and self.recurrent_dropout > 0,
-                    training=self.training,
-                )
+                config = self._config(direction, self.training)
                 backend = gru_backend(layer_input, config, lengths)
                 output, state = backend.gru_layer(
                     layer_input,
@@ -263,6 +287,17 @@ class GRU(StreamingMixin, nn.Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(states)
+
+    def _config(self, direction: int, training: bool) -> GRUConfig:
+        fields = (
+            self.reset_after,
+            direction == 1 or self.reverse,
+            self.layer_norm,
+            self.zoneout,
+            training and self.recurrent_dropout > 0,
+            training,
+        )
+        return GRUConfig(*fields) if torch.compiler.is_compiling() else _config(*fields)  # dynamo cannot trace lru
 
     def _layer_weights(self, layer: int, direction: int) -> GRUWeights:
         suffix = self._suffix(layer, direction)

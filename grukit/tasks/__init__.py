@@ -1,4 +1,4 @@
-"""Tasks: what to learn from which data (forecast, classify; seq2seq to come), each with its data checks,
+"""Tasks: what to learn from which data (forecast, classify, seq2seq), each with its data checks,
 network, loss, metrics, baselines and export."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from grukit.errors import ConfigError
 
-IMPLEMENTED = ("forecast", "classify")
+IMPLEMENTED = ("forecast", "classify", "seq2seq")
 
 
 def get_task(name: str) -> Any:
@@ -20,4 +20,8 @@ def get_task(name: str) -> Any:
         from grukit.tasks.classify.task import ClassifyTask
 
         return ClassifyTask
+    if name == "seq2seq":
+        from grukit.tasks.seq2seq.task import Seq2SeqTask
+
+        return Seq2SeqTask
     raise ConfigError(f"task {name!r} is not implemented yet; implemented: {', '.join(IMPLEMENTED)}")

@@ -8,6 +8,7 @@ one); the command line prints that one line and exits with status 2.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grukit.errors import ConfigError, did_you_mean
+from grukit.tasks.encoders import ARCHITECTURES, check_architecture
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +59,8 @@ class Rule:
             return "auto, or column names separated by commas"
         if self.kind == "quantiles":
             return "distinct numbers in (0, 1) separated by commas, including 0.5"
+        if self.kind == "models":
+            return "a comma-separated list of distinct architectures from " + ", ".join(ARCHITECTURES)
         return "text"
 
 
@@ -72,7 +76,8 @@ RULES: dict[str, Rule] = {
     "task": Rule("choice", choices=TASKS),
     "mode": Rule("choice", choices=MODES),
     "data": Rule("str"),
-    "model": Rule("str"),
+    "model": Rule("model"),
+    "models": Rule("models"),
     "hidden": _int(1),
     "layers": _int(1),
     "dropout": _float(0.0, 0.99),
@@ -87,6 +92,8 @@ RULES: dict[str, Rule] = {
     "seed": _int(0),
     "device": Rule("device"),
     "threads": _int(0),
+    "devices": _int(1),
+    "max_nonfinite": _int(0),
     "project": Rule("str"),
     "name": Rule("name"),
     "resume": Rule("bool"),
@@ -104,6 +111,10 @@ RULES: dict[str, Rule] = {
     "val_windows": _int(0),
     "stride": _int(0),
     "quantiles": Rule("quantiles"),
+    "series": Rule("str"),
+    "backtest": _int(0),
+    "stream": Rule("bool"),
+    "sample": _float(0.0, 1.0),
     "source": Rule("str"),
     "format": Rule("choice", choices=("onnx", "torchscript")),
     "id": Rule("str"),
@@ -113,6 +124,17 @@ RULES: dict[str, Rule] = {
     "pool": Rule("choice", choices=("mean", "last")),
     "val_fraction": _float(0.0, 0.9),
     "test_fraction": _float(0.0, 0.9),
+    "input": Rule("choice", choices=("auto", "numeric", "text", "audio")),
+    "text": Rule("str"),
+    "tokens": Rule("choice", choices=("char", "word")),
+    "lowercase": Rule("bool"),
+    "min_count": _int(1),
+    "embed": _int(1),
+    "max_length": _int(0),
+    "sample_rate": _int(0),
+    "mels": _int(1),
+    "columns": Rule("columns"),
+    "beam": _int(1),
 }
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -153,12 +175,25 @@ def _from_text(key: str, text: str, rule: Rule) -> Any:
         raise _bad(key, text, rule)
     if rule.kind == "columns":
         return text if text == "auto" else [part.strip() for part in text.split(",") if part.strip()]
+    if rule.kind == "models":
+        return [part.strip() for part in text.split(",") if part.strip()]
     if rule.kind == "quantiles":
         try:
             return [float(part) for part in text.split(",")]
         except ValueError:
             raise _bad(key, text, rule) from None
     return text
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a number (bools are not) or not finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def check_value(key: str, value: Any) -> Any:
@@ -173,11 +208,10 @@ def check_value(key: str, value: Any) -> Any:
             raise _bad(key, value, rule)
         return value
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        number = _finite(value)
+        if number is None or number < rule.low or (rule.high is not None and number > rule.high):
             raise _bad(key, value, rule)
-        if value < rule.low or (rule.high is not None and value > rule.high):
-            raise _bad(key, value, rule)
-        return float(value)
+        return number
     if kind == "bool":
         if not isinstance(value, bool):
             raise _bad(key, value, rule)
@@ -190,6 +224,12 @@ def check_value(key: str, value: Any) -> Any:
                 raise ConfigError(f"bad value for {key}: {list(value)!r} names a column twice")
             return list(value)
         raise _bad(key, value, rule)
+    if kind == "models":
+        value = _from_text(key, value, rule) if isinstance(value, str) else value
+        names = isinstance(value, list | tuple) and value and all(isinstance(name, str) for name in value)
+        if not names or len(set(value)) != len(value):
+            raise _bad(key, value, rule)
+        return [check_architecture(name, key) for name in value]
     if kind == "quantiles":
         if isinstance(value, str):
             value = _from_text(key, value, rule)
@@ -201,13 +241,23 @@ def check_value(key: str, value: Any) -> Any:
         return sorted(float(q) for q in value)
     if not isinstance(value, str):
         raise _bad(key, value, rule)
+    if "\0" in value:
+        raise ConfigError(f"bad value for {key}: {value!r} contains a NUL character")
     if kind == "choice" and value not in rule.choices:
         raise ConfigError(f"bad value for {key}: {value!r} is not {rule.describe()}{did_you_mean(value, rule.choices)}")
     if kind == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise _bad(key, value, rule)
-    if kind == "name" and (not value or re.search(r"[/\\\s]", value) or value in (".", "..")):
+    if kind == "name" and (not value or re.search(r"[/\\\s\x00-\x1f\x7f]", value) or value in (".", "..")):
         raise _bad(key, value, rule)
+    if kind == "model" and not _checkpoint_like(value):
+        check_architecture(value)
     return value
+
+
+def _checkpoint_like(value: str) -> bool:
+    """Whether a model value names a checkpoint (a path, a .safetensors file or an existing folder), not an
+    architecture; whether the file is a grukit checkpoint is checked when it is loaded."""
+    return "/" in value or "\\" in value or value.endswith(".safetensors") or Path(value).expanduser().exists()
 
 
 def parse_args(args: Iterable[str]) -> dict[str, Any]:

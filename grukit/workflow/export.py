@@ -5,7 +5,6 @@ inputs, else the first) and, for ONNX, a builder of the ONNX model."""
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from grukit.backends import dispatch
 from grukit.errors import GrukitError
 from grukit.fileio import write_atomic
 
@@ -61,17 +61,9 @@ def export_checked(
         (one,) = session.run(None, {k: _first_of_batch(v) for k, v in feeds.items()})
     else:
         # Trace through the pure-PyTorch reference backend, so the file needs no grukit C++ extension.
-        previous = os.environ.get("GRUKIT_BACKEND")
-        os.environ["GRUKIT_BACKEND"] = "reference"
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                traced = torch.jit.trace(module, args, check_trace=False)
-        finally:
-            if previous is None:
-                del os.environ["GRUKIT_BACKEND"]
-            else:
-                os.environ["GRUKIT_BACKEND"] = previous
+        with dispatch.force("reference"), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(module, args, check_trace=False)
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer)
         write_atomic(path, buffer.getvalue())

@@ -5,7 +5,9 @@
     model.val()                                   # test metrics again (or on other data: data=...)
     forecast = model.predict()                    # the horizon after the data's last value
     model.export(format="onnx")                   # next to the checkpoint, checked with onnxruntime
+    model.benchmark()                             # inference time on each backend and onnxruntime
     model = grukit.Model.load("runs/forecast/train")
+    grukit.Model("forecast", epochs=5).compare()  # gru, mingru, lstm, transformer: one table
 
 The command line ``grukit TASK MODE key=value ...`` calls exactly these methods.
 """
@@ -28,16 +30,24 @@ from grukit.data.bundled import names as bundled_names
 from grukit.errors import ConfigError, GrukitError
 from grukit.fileio import write_atomic, write_json
 from grukit.tasks import get_task
+from grukit.workflow import benchmark as benchmarking
+from grukit.workflow import compare as comparison
+from grukit.workflow import distributed
 from grukit.workflow.checkpoints import load_checkpoint, save_checkpoint
 from grukit.workflow.config import resolve
 from grukit.workflow.export import batch_size
-from grukit.workflow.runs import find_resume_dir, new_run_dir
+from grukit.workflow.runs import find_resume_dir, new_folder, new_run_dir
 from grukit.workflow.trainer import fit
 
 # Keys a resumed run may change; every other key is the run's own.
-RESUMABLE = ("epochs", "patience", "verbose", "plots", "threads", "device", "resume", "name", "project", "mode")
+RESUMABLE = (
+    "epochs", "patience", "verbose", "plots", "threads", "device", "devices", "max_nonfinite", "resume", "name",
+    "project", "mode",
+)  # fmt: skip
 # Keys given with model=CHECKPOINT that apply to the loaded model (the others are the checkpoint's).
-REAPPLIED = (*RESUMABLE, "data", "source", "format", "test_windows", "val_windows", "seed", "lr", "batch")
+REAPPLIED = (
+    *RESUMABLE, "data", "source", "format", "test_windows", "val_windows", "backtest", "seed", "lr", "batch", "beam"
+)
 
 
 @contextlib.contextmanager
@@ -68,8 +78,8 @@ def _absolute_data(data: str) -> str:
     return str(Path(data).expanduser().resolve())
 
 
-def _say(cfg: dict[str, Any], text: str) -> None:
-    if cfg["verbose"]:
+def _say(cfg: dict[str, Any], text: str, main: bool = True) -> None:
+    if cfg["verbose"] and main:
         print(text, file=sys.stderr, flush=True)
 
 
@@ -120,21 +130,27 @@ class Model:
     def train(self, data: str | None = None, **overrides: Any) -> dict[str, Any]:
         """Train on ``data`` (default: the config's), write a run folder and return its metrics.json content.
 
-        With ``resume=True`` continues the run ``name`` (auto: the latest) from its ``last`` checkpoint.
+        With ``resume=True`` continues the run ``name`` (auto: the latest) from its ``last`` checkpoint. With
+        ``devices=N`` trains in N DistributedDataParallel worker processes (``grukit.workflow.distributed``; from
+        a script, call it under ``if __name__ == "__main__":``); under torchrun this process is one worker.
         """
         if data is not None:
             overrides["data"] = data
         cfg = resolve({**overrides, "mode": "train"}, base=self.cfg)
         given = {**self.given, **overrides}
         cfg["data"] = _absolute_data(cfg["data"])
+        if cfg["devices"] > 1 and not distributed.launched():
+            return self._train_in_workers(cfg, overrides)
         task_cls = get_task(cfg["task"])
         start = time.perf_counter()
-        with torch_threads(cfg["threads"]) as threads:
-            device = resolve_device(cfg["device"])
-            if cfg["resume"]:
-                run_dir = find_resume_dir(cfg["project"], cfg["task"], cfg["name"])
+        with torch_threads(cfg["threads"]) as threads, distributed.join(resolve_device(cfg["device"])) as group:
+            device = group.device
+            # a worker torchrun restarted after a failure continues its job's run folder (from `last` if any)
+            job_dir = group.from_main(lambda: distributed.job_run(cfg["project"], cfg["task"]))
+            if cfg["resume"] or (job_dir and (job_dir / "weights" / "last.safetensors").is_file()):
+                run_dir = job_dir or group.from_main(lambda: find_resume_dir(cfg["project"], cfg["task"], cfg["name"]))
                 tensors, optim, meta = load_checkpoint(run_dir / "weights" / "last.safetensors")
-                changed = [k for k in given if k not in RESUMABLE and cfg[k] != meta["config"][k]]
+                changed = [k for k in given if k not in RESUMABLE and cfg[k] != meta["config"][k] and not job_dir]
                 if changed:
                     key = changed[0]
                     raise ConfigError(
@@ -146,23 +162,29 @@ class Model:
                 net = task_cls.build_network(task.cfg, meta["task_meta"])
                 net.load_state_dict(tensors)
                 resume = (optim, meta)
-                _say(cfg, f"resuming {run_dir} after epoch {meta['epoch']} of {cfg['epochs']}")
+                _say(cfg, f"resuming {run_dir} after epoch {meta['epoch']} of {cfg['epochs']}", group.main)
             else:
                 task = task_cls.prepare(cfg, self.meta)
                 torch.manual_seed(cfg["seed"])
                 net = task_cls.build_network(task.cfg, task.meta())
                 if self.net is not None:  # fine-tune a loaded model
                     net.load_state_dict(self.net.state_dict())
-                run_dir = new_run_dir(
-                    cfg["project"], cfg["task"], cfg["mode"] if cfg["name"] == "auto" else cfg["name"]
-                )
+                parent = getattr(self, "_run_parent", None) or Path(cfg["project"]) / cfg["task"]  # set by compare
+                name = cfg["mode"] if cfg["name"] == "auto" else cfg["name"]
+                run_dir = job_dir or group.from_main(lambda: new_folder(parent, name))
                 resume = None
             cfg = task.cfg
-            write_json(run_dir / "config.json", cfg)
+            if group.main:
+                write_json(run_dir / "config.json", cfg)
+                distributed.mark_job(run_dir)
             plural = "s" * (threads != 1)
-            _say(cfg, f"grukit {cfg['task']} train: {task.describe()}; {threads} thread{plural}; run folder {run_dir}")
+            workers = f"{threads} thread{plural}" + (f" x {group.world} workers" if group.world > 1 else "")
+            _say(cfg, f"grukit {cfg['task']} train: {task.describe()}; {workers}; run folder {run_dir}", group.main)
             net.to(device)
-            state = fit(task, net, cfg, run_dir, device, resume, getattr(self, "_on_epoch_end", None))
+            state = fit(task, net, cfg, run_dir, device, resume, getattr(self, "_on_epoch_end", None), group)
+            if not group.main:  # rank 0 scores the model and writes the rest of the run folder
+                self.run_dir = run_dir
+                return {}
             best_path = run_dir / "weights" / "best.safetensors"
             best, _, meta = load_checkpoint(best_path)
             net.load_state_dict(best)
@@ -173,6 +195,7 @@ class Model:
         report.update(
             best_epoch=state["best_epoch"],
             epochs_run=state["epoch"],
+            skipped_steps=state["skipped"],
             train_seconds=sum(row["seconds"] for row in state["history"]),
             wall_seconds=time.perf_counter() - start,
         )
@@ -189,6 +212,17 @@ class Model:
                 f"whole run {report['wall_seconds']:.1f} s on {threads} torch thread{'s' * (threads != 1)}; "
                 f"results in {run_dir}/"
             )
+        return report
+
+    def _train_in_workers(self, cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """``train(**overrides)`` in cfg["devices"] DDP worker processes; this Model then holds rank 0's result."""
+        if not cfg["resume"]:  # bad data fails here, in seconds, not after starting the workers
+            get_task(cfg["task"]).prepare(cfg, self.meta)
+        checkpoint = str(self.checkpoint) if self.net is not None and self.checkpoint else None
+        args = (self.cfg["task"], self.given, overrides, checkpoint)
+        report, run_dir = distributed.spawn(_train_worker, args, cfg["devices"])
+        self._load(run_dir)
+        self.run_dir = self.output_dir = Path(run_dir)
         return report
 
     def _plots(self, task: Any, run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -283,3 +317,74 @@ class Model:
                 f"max abs diff {diff:.2e}"
             )
         return path
+
+    # ------------------------------------------------------------ compare, benchmark
+
+    def compare(self, data: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Train each architecture of ``models`` (default: gru, mingru, lstm, transformer) on the same data with
+        the same settings, each into PROJECT/TASK/compare/ARCH; print one table (parameters, training time,
+        inference latency, test metrics, baselines); write compare.json and compare.csv there and return the
+        compare.json content."""
+        if data is not None:
+            overrides["data"] = data
+        given = {**self.given, **overrides}
+        if self.net is not None or "model" in given:
+            raise ConfigError("compare trains each architecture from scratch: drop model=, choose with models=gru,lstm")
+        cfg = resolve({**overrides, "mode": "compare"}, base=self.cfg)
+        cfg["data"] = _absolute_data(cfg["data"])
+        comparison.check_buildable(cfg)  # every architecture, before any training or folder
+        name = "compare" if cfg["name"] == "auto" else cfg["name"]
+        folder = new_folder(Path(cfg["project"]) / cfg["task"], name, weights=False)
+        trained, reports = comparison.train_each(type(self), cfg, folder)
+        first = next(iter(trained.values()))
+        with torch_threads(cfg["threads"]):
+            task = first._task(resolve({"mode": "val"}, base=first.cfg))
+            summary = comparison.summarise(trained, reports, task)
+        settings = ", ".join(f"{k} {cfg[k]}" for k in ("epochs", "batch", "hidden", "layers", "lr", "seed"))
+        summary = {"task": cfg["task"], "folder": str(folder), "settings": settings, **summary, "config": cfg}
+        comparison.write_outputs(folder, summary)
+        if cfg["verbose"]:
+            print(comparison.table(summary, settings))
+            print(f"runs, compare.json and compare.csv in {folder}/")
+        self.output_dir = folder
+        return summary
+
+    def benchmark(self, **overrides: Any) -> list[dict[str, Any]]:
+        """Time the trained model's inference on the task's test inputs on each grukit backend (on ``device``:
+        auto is CUDA when there is one) and on onnxruntime (interleaved calls, medians); print a table; write
+        PROJECT/TASK/benchmark/benchmark.json and return its "results"."""
+        self._require_trained("benchmark")
+        cfg = resolve({**overrides, "mode": "benchmark"}, base=self.cfg)
+        with torch_threads(cfg["threads"]) as threads:
+            device = resolve_device(cfg["device"])
+            task = self._task(resolve({"mode": "val"}, base=cfg))  # val: the test split, as in training
+            results, rounds = benchmarking.benchmark(task, self.net, threads, device)
+        batch = batch_size(task.example_inputs())
+        given_name = {**self.given, **overrides}.get("name", "auto")  # not the trained run's own name
+        name = "benchmark" if given_name == "auto" else given_name
+        run_dir = new_folder(Path(cfg["project"]) / cfg["task"], name, weights=False)
+        report = {
+            "model": str(self.checkpoint) if self.checkpoint else None,
+            "architecture": cfg["model"],
+            "device": str(device),
+            "batch": batch,
+            "threads": threads,
+            "rounds": rounds,
+            "results": benchmarking.as_json(results),
+        }
+        write_json(run_dir / "benchmark.json", report)
+        if cfg["verbose"]:
+            print(benchmarking.table(results, batch, task.example_name, device))
+            print(f"{threads} torch thread{'s' * (threads != 1)}, {rounds} rounds; results in {run_dir}/benchmark.json")
+        self.output_dir = run_dir
+        return report["results"]
+
+
+def _train_worker(
+    task: str, given: dict[str, Any], overrides: dict[str, Any], checkpoint: str | None
+) -> tuple[dict[str, Any], str]:
+    """One worker of ``Model.train(devices=N)``: the same Model trained in this process's place in the group;
+    (report, run folder) on rank 0."""
+    model = Model.load(checkpoint) if checkpoint else Model(task, **given)
+    report = model.train(**overrides)
+    return report, str(model.run_dir)

@@ -10,7 +10,12 @@ from grukit.errors import ConfigError
 def new_run_dir(project: str, task: str, name: str) -> Path:
     """Create and return PROJECT/TASK/NAME, or NAME2, NAME3, ... when it exists (``mkdir`` is atomic, so two
     runs started at once get different folders). The folder gets a ``weights`` subfolder."""
-    parent = Path(project) / task
+    return new_folder(Path(project) / task, name)
+
+
+def new_folder(parent: Path, name: str, weights: bool = True) -> Path:
+    """Create and return PARENT/NAME, or NAME2, NAME3, ... when it exists; with a ``weights`` subfolder if
+    ``weights``."""
     parent.mkdir(parents=True, exist_ok=True)
     for index in range(1, 100_000):
         path = parent / (name if index == 1 else f"{name}{index}")
@@ -18,7 +23,8 @@ def new_run_dir(project: str, task: str, name: str) -> Path:
             path.mkdir()
         except FileExistsError:
             continue
-        (path / "weights").mkdir()
+        if weights:
+            (path / "weights").mkdir()
         return path
     raise ConfigError(f"too many runs named {name!r} in {parent}; choose another name=")
 

@@ -360,3 +360,113 @@ def test_streaming_step_matches_the_reference(dtype, bias, hidden, batch, inputs
     torch.testing.assert_close(torch.stack(ys), expected[0], atol=atol, rtol=0)
     torch.testing.assert_close(state, expected[1], atol=atol, rtol=0)
     assert pack_cache.packs == packs + 2  # one per layer, reused by every step
+
+
+# ----------------------------------------------------------------------------------------- stepper and two threads
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("hidden, batch, inputs", [(37, 9, 7), (1, 1, 1), (64, 1, 64)])
+def test_the_fused_stepper_matches_the_reference(dtype, atol, bias, hidden, batch, inputs, monkeypatch):
+    torch.manual_seed(hidden)
+    gru = grukit.GRU(inputs, hidden, num_layers=3, bias=bias, dtype=dtype).eval()
+    xs = torch.randn(5, batch, inputs, dtype=dtype)
+    h0 = torch.randn(3, batch, hidden, dtype=dtype)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    with torch.no_grad():
+        expected = gru(xs, h0)
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    stepper = gru.stepper()
+    assert stepper._fused is not None  # the C++ stepper, not the fallback through gru.step
+    stepper.reset(h0)
+    ys = torch.stack([stepper(x_t) for x_t in xs])
+    torch.testing.assert_close(ys, expected[0], atol=atol, rtol=0)
+    torch.testing.assert_close(stepper.state, expected[1], atol=atol, rtol=0)
+
+
+def test_the_stepper_refuses_autograd_and_wrong_dtypes(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    stepper = grukit.GRU(3, 4).eval().stepper()
+    with pytest.raises(RuntimeError, match="inference only"):
+        stepper(torch.randn(2, 3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="dtype"):
+        stepper.step(torch.randn(2, 3, dtype=torch.float64))
+    with torch.no_grad():
+        assert stepper(torch.randn(2, 3, requires_grad=True)).shape == (2, 4)
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads, and the split pinned on (by default it backs off while the other core is busy)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    load_extension().set_split_mode(2)
+    yield
+    load_extension().set_split_mode(1)
+    torch.set_num_threads(saved)
+
+
+def _one_and_two_threads(fn):
+    """fn() on one thread, then on two (the kernels split a step's hidden units when H is large enough)."""
+    torch.set_num_threads(1)
+    one = fn()
+    torch.set_num_threads(2)
+    return one, fn()
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
+    """Each hidden unit is computed by one thread with the same arithmetic: splitting changes no bit (the GEMMs
+    before and after the time loop are torch's, and run at one thread count per comparison's side)."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after)  # 260: a tail panel; 3H(H) > split_flops
+    x, lengths = torch.randn(12, 2, 40), torch.tensor([12, 7])
+    ext = load_extension()
+
+    def train():
+        gru.zero_grad(set_to_none=True)
+        y, h_n = gru(x, lengths=lengths)
+        (y.square().sum() + h_n.sum()).backward()
+        return [y.detach(), h_n.detach(), *(p.grad for p in gru.parameters())]
+
+    def steps():
+        stepper = gru.eval().stepper()
+        out = torch.stack([stepper(x_t) for x_t in x])
+        gru.train()
+        return [out, stepper.state]
+
+    for fn in (train, steps) if reset_after else (train,):
+        split = ext.split_jobs()
+        one, two = _one_and_two_threads(fn)
+        assert ext.split_jobs() > split  # two threads served the second run
+        for a, b in zip(one, two, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("hidden, batch, layers", [(37, 9, 2), (64, 1, 1)])
+def test_bf16_stepper_weights_stay_close_to_float32(hidden, batch, layers, monkeypatch):
+    """bfloat16 keeps 8 bits of mantissa: each weight moves by at most 2^-9 of itself, the outputs by ~1e-3."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    gru = grukit.GRU(hidden, hidden, num_layers=layers).eval()
+    xs = torch.randn(8, batch, hidden)
+    exact, rounded = gru.stepper(), gru.stepper(bf16=True)
+    with torch.no_grad():
+        rounded_model = grukit.GRU(hidden, hidden, num_layers=layers).eval()
+        rounded_model.load_state_dict(
+            {k: v.bfloat16().float() if "weight" in k else v for k, v in gru.state_dict().items()}
+        )
+    emulated = rounded_model.stepper()  # float32 arithmetic on the weight matrices rounded to bfloat16 (biases not)
+    for x_t in xs:
+        a, b, c = exact(x_t), rounded(x_t), emulated(x_t)
+        torch.testing.assert_close(b, c, atol=1e-5, rtol=0)  # the kernel rounds to nearest even, as torch does
+        assert 0 < (b - a).abs().max() < 2e-2
+
+
+def test_bf16_stepper_needs_a_float32_fused_model(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    for model in (grukit.GRU(3, 4, dtype=torch.float64), grukit.GRU(3, 4, reset_after=False)):
+        with pytest.raises(ValueError, match="bf16"):
+            model.eval().stepper(bf16=True)

@@ -32,6 +32,7 @@ class PickyBackend(ReferenceBackend):
 def registry(monkeypatch):
     """A private copy of the registry for the test to add backends to."""
     monkeypatch.setattr(dispatch, "_loaders", dict(dispatch._loaders))
+    monkeypatch.setattr(dispatch, "_order", list(dispatch._order))
     monkeypatch.setattr(dispatch, "_loaded", {})
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     return dispatch

@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import grukit
 
-TOL = {torch.float32: 1e-6, torch.float64: 1e-10}
+# float32: the backend contract's 1e-5 (gradients sum over T*B terms in another order than torch's kernels).
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 def pair(dtype: torch.dtype = torch.float32, **args: object) -> tuple[grukit.GRU, torch.nn.GRU]:

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import grukit
+from grukit.backends import dispatch
+from grukit.nn.streaming import StaleStepperError
 
 
 @given(
@@ -83,3 +85,127 @@ def test_streaming_refuses_backward_directions(kwargs):
     gru = grukit.GRU(2, 3, **kwargs)
     with pytest.raises(RuntimeError, match="forward-only"):
         gru.step(torch.randn(1, 2))
+
+
+# ----------------------------------------------------------------------------------------- the stepper handle
+
+
+def _reference_steps(gru, xs, state, monkeypatch):
+    """(ys, final state) of gru.step on the reference backend. xs: (T, B, I) or (T, I)."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    ys = []
+    with torch.no_grad():
+        for x_t in xs:
+            y_t, state = gru.step(x_t, state)
+            ys.append(y_t)
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    return torch.stack(ys), state
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_layers": 3},
+        {"num_layers": 2, "bias": False, "learn_init": True},
+        {"reset_after": False},  # no fused kernel: the stepper calls gru.step
+        {"layer_norm": True, "zoneout": 0.3},  # served by the reference
+    ],
+)
+@pytest.mark.parametrize("batched", [True, False])
+def test_stepper_matches_the_reference_steps(dtype, atol, kwargs, batched, monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)  # the default backend (cpu where it builds)
+    torch.manual_seed(0)
+    gru = grukit.GRU(5, 13, dtype=dtype, **kwargs).eval()
+    if gru.learn_init:
+        with torch.no_grad():
+            gru.initial_state.normal_()
+    xs = torch.randn((6, 3, 5) if batched else (6, 5), dtype=dtype)
+    expected, expected_state = _reference_steps(gru, xs, None, monkeypatch)
+    stepper = gru.stepper()
+    functional, state = [], None
+    for x_t in xs:
+        y_t, state = stepper.step(x_t, state)
+        functional.append(y_t)
+    torch.testing.assert_close(torch.stack(functional), expected, atol=atol, rtol=0)
+    torch.testing.assert_close(state, expected_state, atol=atol, rtol=0)
+    stateful = torch.stack([stepper(x_t) for x_t in xs])  # the state lives in the stepper
+    torch.testing.assert_close(stateful, expected, atol=atol, rtol=0)
+    torch.testing.assert_close(stepper.state, expected_state, atol=atol, rtol=0)
+    stepper.reset(state)  # continue from a given state: the next steps equal steps 1.. from there
+    more, _ = _reference_steps(gru, xs[:2], state, monkeypatch)
+    torch.testing.assert_close(torch.stack([stepper(x_t) for x_t in xs[:2]]), more, atol=atol, rtol=0)
+
+
+def _bump_in_place(gru):
+    with torch.no_grad():
+        gru.weight_hh_l0.add_(0.5)
+
+
+def _bump_detached_view(gru):
+    gru.bias_ih_l1.detach()[3:5].mul_(-2.0)  # a view of .detach() shares the version counter
+
+
+def _load_state_dict(gru):
+    gru.load_state_dict({k: v * 0.5 for k, v in gru.state_dict().items()})
+
+
+def _optimizer_step(gru):
+    optimizer = torch.optim.SGD(gru.parameters(), lr=0.5)
+    gru.train()
+    gru(torch.randn(3, 2, 4))[0].square().sum().backward()
+    optimizer.step()
+    gru.eval()
+
+
+def _replace_parameter(gru):
+    gru.weight_ih_l0 = torch.nn.Parameter(torch.randn(18, 4))
+
+
+def _new_storage(gru):
+    gru.weight_hh_l1.data = gru.weight_hh_l1.data * 2
+
+
+@pytest.mark.parametrize(
+    "change", [_bump_in_place, _bump_detached_view, _load_state_dict, _optimizer_step, _replace_parameter, _new_storage]
+)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_stepper_raises_after_a_detectable_change_until_refreshed(change, reset_after, monkeypatch):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    gru = grukit.GRU(4, 6, num_layers=2, reset_after=reset_after).eval()
+    x = torch.randn(2, 4)
+    stepper = gru.stepper()
+    stepper.step(x)
+    change(gru)
+    with pytest.raises(StaleStepperError, match=r"call stepper\.refresh"):
+        stepper.step(x)
+    stepper.refresh()
+    expected, _ = _reference_steps(gru, x[None], None, monkeypatch)
+    torch.testing.assert_close(stepper.step(x)[0], expected[0], atol=1e-6, rtol=0)
+
+
+def test_stepper_mode_and_shape_errors():
+    gru = grukit.GRU(4, 6)
+    with pytest.raises(RuntimeError, match=r"call \.eval"):
+        gru.stepper()  # a new module is in training mode
+    stepper = gru.eval().stepper()
+    gru.train()
+    with pytest.raises(StaleStepperError, match="training mode"):
+        stepper(torch.randn(4))
+    gru.eval()
+    with pytest.raises(RuntimeError, match="forward-only"):
+        grukit.GRU(4, 6, bidirectional=True).eval().stepper()
+    with pytest.raises(RuntimeError, match="state"):
+        stepper.step(torch.randn(2, 4), torch.zeros(1, 3, 6))  # batch 2 against a state of batch 3
+
+
+def test_stepper_serves_mingru_through_its_step():
+    torch.manual_seed(0)
+    model = grukit.MinGRU(3, 5, num_layers=2).eval()
+    xs = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        expected = model(xs)
+    stepper = model.stepper()
+    ys = torch.stack([stepper(x_t) for x_t in xs])
+    torch.testing.assert_close(ys, expected[0], atol=1e-5, rtol=0)

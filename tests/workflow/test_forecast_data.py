@@ -91,8 +91,8 @@ def test_binary_and_unsupported_files(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
     with pytest.raises(DataError, match="not a text CSV file"):
         load_frame(str(path))
-    with pytest.raises(DataError, match=r"\.parquet files are not supported yet; save the table as CSV"):
-        load_frame(csv_file(tmp_path, "x", "data.parquet"))
+    with pytest.raises(DataError, match=r"\.xlsx files are not supported; save the table as CSV or Parquet"):
+        load_frame(csv_file(tmp_path, "x", "data.xlsx"))
     with pytest.raises(DataError, match="is a folder"):
         load_frame(str(tmp_path))
 

@@ -82,8 +82,8 @@ def test_python_api_checks_keys_and_values():
         grukit.Model("forecast", epoch=3)
     with pytest.raises(ConfigError, match="bad value for hidden"):
         grukit.Model("forecast", hidden=2.5)
-    with pytest.raises(ConfigError, match="task 'seq2seq' is not implemented yet"):
-        grukit.Model("seq2seq")
+    with pytest.raises(ConfigError, match="bad value for beam: 0 is not a positive integer"):
+        grukit.Model("seq2seq", beam=0)
 
 
 def test_cfg_prints_the_defaults_file(capsys):
@@ -99,9 +99,10 @@ def test_cfg_prints_the_defaults_file(capsys):
         (["forecast", "trian"], "grukit: unknown mode 'trian' (did you mean 'train'?)"),
         (["forecast"], "grukit: forecast: give a mode first"),
         (["forcast", "train"], "grukit: unknown command 'forcast' (did you mean 'forecast'?)"),
-        (["seq2seq", "predict"], "grukit: task 'seq2seq' is not implemented yet; implemented: forecast, classify"),
-        (["seq2seq", "train"], "grukit: task 'seq2seq' is not implemented yet"),
-        (["forecast", "compare"], "grukit: mode 'compare' is not implemented yet"),
+        (["seq2seq", "predict", "beam=0"], "grukit: bad value for beam: 0 is not a positive integer"),
+        (["seq2seq", "train", "columns=src,tgt"], "grukit: bundled dataset 'dates' has no source column 'src'"),
+        (["forecast", "compare", "models=gru,lstn"], "grukit: bad value for models: unknown architecture 'lstn' (did"),
+        (["forecast", "train", "model=gur"], "grukit: bad value for model: unknown architecture 'gur' (did you mean"),
         (["forecast", "train", "data=nope.csv"], "grukit: data 'nope.csv' is not a file nor a bundled dataset"),
         (["forecast", "train", "data=elecdemnd"], "(did you mean 'elecdemand'?)"),
         (["forecast", "train", "target=demnd"], "has no target column 'demnd' (did you mean 'demand'?)"),

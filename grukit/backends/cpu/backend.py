@@ -29,6 +29,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import torch
@@ -181,6 +182,25 @@ class CpuBackend:
         if config.recurrent_dropout:
             return "recurrent_dropout is not implemented"
         return None
+
+    def make_stepper(
+        self, weights: Sequence[GRUWeights], config: GRUConfig, watched: Sequence[Tensor], bf16: bool = False
+    ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | None] | None:
+        """A fused eval stepper for a stack of forward layers (``grukit.nn.streaming.Stepper``): every layer's
+        weights packed now, and ``step(x_t: (B, I) or (I,), state: (L, B, H) or (L, H)) -> (y_t, new state)`` runs
+        all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage. None
+        (no fused stepper) for the reset_after=False form, which the step kernel lacks. ``bf16`` packs the weights
+        rounded to bfloat16 (float32 only: products, gates and state stay float32)."""
+        if not config.reset_after or config.reverse or (bf16 and weights[0].w_ih.dtype != torch.float32):
+            return None
+        layers = []
+        for w in weights:
+            biases = []
+            present = w.b_ih if w.b_ih is not None else w.b_hh
+            if present is not None:  # both, or one only: then a zero for the other
+                biases = [torch.zeros_like(present) if b is None else b for b in (w.b_ih, w.b_hh)]
+            layers.append([w.w_ih, w.w_hh, *biases])
+        return self.ext.Stepper(layers, list(watched), bf16).step
 
     def supports_mingru(self, x: Tensor) -> str | None:
         return "MinGRU is not implemented (the reference's parallel scan serves it)"

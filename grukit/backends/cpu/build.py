@@ -57,7 +57,7 @@ def _sources() -> list[Path]:
 def build_dir(flags: list[str]) -> tuple[str, Path]:
     """(module name, build directory) for these flags: both named by the hash of everything that matters."""
     digest = hashlib.sha256()
-    for src in _sources():
+    for src in sorted(CSRC.glob("*.[ch]*")):  # the sources and the headers they include
         digest.update(src.name.encode())
         digest.update(src.read_bytes())
     for part in (torch.__version__, " ".join(flags), _cpu_identity(), platform.python_version()):

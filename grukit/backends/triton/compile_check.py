@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from grukit.backends.triton.configs import KernelConfig
+
 SHARED_LIMIT = 227 * 1024
 """Bytes of shared memory one sm_90 block may use."""
 MAX_REGISTERS = 255
@@ -30,13 +32,19 @@ def _ptxas(arch: int) -> str:
 
 def compile_one(index: int, arch: int = 90) -> dict[str, object]:
     """Compile ``all_configs()[index]`` for ``sm_{arch}``; returns its resources (see the module docstring)."""
+    from grukit.backends.triton import configs
+
+    return {"index": index, **compile_config(configs.all_configs()[index], arch)}
+
+
+def compile_config(config: KernelConfig, arch: int = 90) -> dict[str, object]:
+    """Compile one configuration for ``sm_{arch}``; returns its resources (see the module docstring)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from grukit.backends.triton import configs, kernels
 
-    config = configs.all_configs()[index]
     start = time.perf_counter()
     source = ASTSource(getattr(kernels, config.kernel), configs.signature(config), config.consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": config.num_warps})
@@ -55,7 +63,6 @@ def compile_one(index: int, arch: int = 90) -> dict[str, object]:
         return int(found.group(1))
 
     return {
-        "index": index,
         "config": config.describe(),
         "shared": int(compiled.metadata.shared),
         "registers": number(r"Used (\d+) registers"),

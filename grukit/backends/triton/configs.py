@@ -8,6 +8,8 @@ Paths for a GRU layer:
       per BLOCK_B batch rows. Only where all of W_hh^T fits one program: H <= PERSISTENT_MAX_H (three padded
       (BLOCK_H, BLOCK_H) tiles), and while the programs fit the GPU at once.
   step: one launch per time step (two for reset_after=False), a tiled GEMM with the gate math in its epilogue.
+The backward through time runs on the forward's path: the persistent backward kernel (same tiles and warps), or
+T + 1 fused per-step launches (plus T for reset_after=False's reset gate).
 The environment variable GRUKIT_TRITON_PATH (``persistent`` / ``step``) forces one path; tests use it.
 """
 
@@ -30,7 +32,9 @@ PERSISTENT_MAX_H = {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128}
 for the whole loop: at BLOCK_H = 128 that is 96 KiB in 16-bit, compiled for sm_90 without spills (8 warps); in
 float32 (192 KiB, IEEE dots on FMA units) it spills at 8 and at 16 warps, so float32 stops at 64. The next power
 of two, 256, is 384 / 768 KiB: over the 227 KiB an sm_90 block may use. Larger H needs W_hh split across
-programs with a grid-wide step barrier, which is not written yet: such calls take the per-step path."""
+programs with a grid-wide step barrier, which is not written yet: such calls take the per-step path. The persistent
+backward kernel holds the same three tiles (untransposed) and fits the same limits: 188 KiB of shared memory at
+BLOCK_H = 128 in 16-bit and 108 KiB at 64 in float32, without spills (the sm_90 compile tests hold every entry)."""
 PERSISTENT_MAX_PROGRAMS = 132
 """At most this many persistent programs (an H100 has 132 SMs): past it, the per-step path is used."""
 
@@ -111,21 +115,49 @@ def persistent_config(dtype: torch.dtype, hidden: int, reset_after: bool) -> Ker
     return KernelConfig("gru_persistent_kernel", dtype, consts, num_warps=warps)
 
 
-def step_configs(dtype: torch.dtype, batch: int, reset_after: bool) -> tuple[KernelConfig, ...]:
-    """The kernels of one step: (gru_step_kernel,) or (gru_step_rz_kernel, gru_step_n_kernel)."""
+def persistent_bwd_config(dtype: torch.dtype, hidden: int, reset_after: bool) -> KernelConfig:
+    """The persistent backward kernel, for the layers whose forward ran on the persistent path."""
+    forward = persistent_config(dtype, hidden, reset_after)
+    return KernelConfig("gru_persistent_bwd_kernel", dtype, forward.constexprs, forward.num_warps)
+
+
+def _step_consts(dtype: torch.dtype, batch: int) -> tuple[tuple[tuple[str, object], ...], int]:
+    """(BLOCK_B, BLOCK_H, BLOCK_K, PRECISION) constants and warp count of the per-step kernels."""
     block_b = 16 if batch <= 16 else 64
-    block_h, block_k = (32, 32) if dtype == torch.float32 else (64, 64)
+    # float32 at BLOCK_K = 32 spills (the forward's save stores at BLOCK_B = 16, the backward at BLOCK_B = 64)
+    block_h, block_k = (32, 16) if dtype == torch.float32 else (64, 64)
     consts = (("BLOCK_B", block_b), ("BLOCK_H", block_h), ("BLOCK_K", block_k), ("PRECISION", _precision(dtype)))
-    names = ("gru_step_kernel",) if reset_after else ("gru_step_rz_kernel", "gru_step_n_kernel")
-    # 16-bit at BLOCK_B = 64 spills at 4 warps (three (64, 64) float32 accumulators); float32 spills at 8, not 4
+    # 16-bit at BLOCK_B = 64 spills at 4 warps (three (64, 64) float32 accumulators)
     warps = 8 if block_b >= 64 and dtype != torch.float32 else 4
+    return consts, warps
+
+
+def step_configs(dtype: torch.dtype, batch: int, reset_after: bool) -> tuple[KernelConfig, ...]:
+    """The forward kernels of one step: (gru_step_kernel,) or (gru_step_rz_kernel, gru_step_n_kernel)."""
+    consts, warps = _step_consts(dtype, batch)
+    names = ("gru_step_kernel",) if reset_after else ("gru_step_rz_kernel", "gru_step_n_kernel")
     return tuple(KernelConfig(name, dtype, consts, num_warps=warps) for name in names)
 
 
-def scan_config(dtype: torch.dtype, from_gates: bool) -> KernelConfig:
-    """The MinGRU scan: forward reads the projections in the input dtype; the backward scan runs in float32."""
-    consts = (("FROM_GATES", from_gates), ("BLOCK_T", SCAN_BLOCK_T), ("BLOCK_N", SCAN_BLOCK_N))
-    return KernelConfig("linear_scan_kernel", dtype, consts, num_warps=4)
+def bwd_step_configs(dtype: torch.dtype, batch: int, reset_after: bool) -> tuple[KernelConfig, KernelConfig | None]:
+    """The backward kernels of one step: (gru_bwd_step_kernel, None) for reset_after=True, else
+    (gru_bwd_step_kernel, gru_bwd_reset_kernel)."""
+    consts, warps = _step_consts(dtype, batch)
+    warps = 8 if batch > 16 else warps  # float32 at BLOCK_B = 64 spills at 4 warps here (not in the forward)
+    step = KernelConfig("gru_bwd_step_kernel", dtype, (("RESET_AFTER", reset_after), *consts), num_warps=warps)
+    reset = None if reset_after else KernelConfig("gru_bwd_reset_kernel", dtype, consts, num_warps=warps)
+    return step, reset
+
+
+def scan_config(dtype: torch.dtype) -> KernelConfig:
+    """The MinGRU forward scan, reading the projections in ``dtype``."""
+    consts = (("BLOCK_T", SCAN_BLOCK_T), ("BLOCK_N", SCAN_BLOCK_N))
+    return KernelConfig("mingru_scan_kernel", dtype, consts, num_warps=4)
+
+
+def scan_bwd_config(dtype: torch.dtype) -> KernelConfig:
+    """The MinGRU backward scan (its gradients of the projections are written in ``dtype``)."""
+    return KernelConfig("mingru_scan_bwd_kernel", dtype, scan_config(dtype).constexprs, num_warps=4)
 
 
 def all_configs() -> list[KernelConfig]:
@@ -136,26 +168,36 @@ def all_configs() -> list[KernelConfig]:
             for hidden in (32, 64, 128):
                 if hidden <= PERSISTENT_MAX_H[dtype]:
                     out.append(persistent_config(dtype, hidden, reset_after))
+                    out.append(persistent_bwd_config(dtype, hidden, reset_after))
             for batch in (16, 64):
                 out.extend(step_configs(dtype, batch, reset_after))
-        out.append(scan_config(dtype, from_gates=True))
-    out.append(scan_config(torch.float32, from_gates=False))
+                out.extend(c for c in bwd_step_configs(dtype, batch, reset_after) if c is not None)
+        out.append(scan_config(dtype))
+        out.append(scan_bwd_config(dtype))
     return list(dict.fromkeys(out))
 
 
 _POINTERS = {
-    "gru_step_kernel": ("gi", "h:fp32", "w", "b", "len:i32", "h_out:fp32", "y"),
-    "gru_step_rz_kernel": ("gi", "h:fp32", "w", "b", "rh:fp32", "z:fp32"),
-    "gru_step_n_kernel": ("gi", "h:fp32", "w", "b", "rh:fp32", "z:fp32", "len:i32", "h_out:fp32", "y"),
-    "gru_persistent_kernel": ("gi", "h0", "w", "b", "len:i32", "y", "hn:fp32"),
-    "linear_scan_kernel": ("a", "b", "h0:fp32", "y:fp32"),
+    "gru_step_kernel": ("gi", "h:fp32", "w", "b", "len:i32", "h_out:fp32", "y", "save:fp32"),
+    "gru_step_rz_kernel": ("gi", "h:fp32", "w", "b", "rh:fp32", "z:fp32", "save:fp32"),
+    "gru_step_n_kernel": ("gi", "h:fp32", "w", "b", "rh:fp32", "z:fp32", "len:i32", "h_out:fp32", "y", "save:fp32"),
+    "gru_persistent_kernel": ("gi", "h0", "w", "b", "len:i32", "y", "hn:fp32", "save:fp32"),
+    "gru_bwd_step_kernel": ("save:fp32", "dy", "w", "len:i32", "c:fp32", "p:fp32", "c_out:fp32", "dg"),
+    "gru_bwd_reset_kernel": ("save:fp32", "w", "dg", "p:fp32"),
+    "gru_persistent_bwd_kernel": ("save:fp32", "dy", "w", "len:i32", "dhn:fp32", "dg", "dh0:fp32"),
+    "mingru_scan_kernel": ("proj", "h0:fp32", "y:fp32"),
+    "mingru_scan_bwd_kernel": ("proj", "h0:fp32", "y:fp32", "dy:fp32", "dhn:fp32", "dproj", "dh0:fp32"),
 }
 _SCALARS = {
-    "gru_step_kernel": ("t", "B", "H"),
-    "gru_step_rz_kernel": ("t", "B", "H"),
-    "gru_step_n_kernel": ("t", "B", "H"),
-    "gru_persistent_kernel": ("T", "B", "H", "reverse"),
-    "linear_scan_kernel": ("T", "B", "H", "sat", "sab", "sbt", "sbb", "reverse"),
+    "gru_step_kernel": ("t", "save", "B", "H"),
+    "gru_step_rz_kernel": ("t", "save", "B", "H"),
+    "gru_step_n_kernel": ("t", "save", "B", "H"),
+    "gru_persistent_kernel": ("T", "B", "H", "reverse", "save"),
+    "gru_bwd_step_kernel": ("u", "t", "B", "H"),
+    "gru_bwd_reset_kernel": ("u", "B", "H"),
+    "gru_persistent_bwd_kernel": ("T", "B", "H", "reverse"),
+    "mingru_scan_kernel": ("T", "B", "H", "st", "sb"),
+    "mingru_scan_bwd_kernel": ("T", "B", "H", "st", "sb"),
 }
 
 

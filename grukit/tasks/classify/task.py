@@ -1,6 +1,7 @@
-"""The classify task for numeric sequences: what the generic workflow (trainer, Model, CLI) needs to train, score,
-predict with and export a sequence classifier. Built from a config and data (``ClassifyTask.prepare``), or with
-a checkpoint's ``meta`` (classes, columns and feature scaling of the trained model).
+"""The classify task for numeric sequences, texts and audio: what the generic workflow (trainer, Model, CLI) needs
+to train, score, predict with and export a sequence classifier. Built from a config and data
+(``ClassifyTask.prepare``), or with a checkpoint's ``meta`` (classes, how the data was read, the feature scaling
+or the vocabulary of the trained model).
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from grukit.errors import ConfigError, DataError
-from grukit.tasks.classify.data import Sequences, load_sequences, split_indices
+from grukit.tasks.classify.data import Sequences, split_indices
+from grukit.tasks.classify.export import export
+from grukit.tasks.classify.inputs import detect_input, read_examples
 from grukit.tasks.classify.metrics import METRICS, classification_metrics, confusion
 from grukit.tasks.classify.model import SequenceClassifier
-from grukit.workflow.export import export_checked
+from grukit.tasks.classify.stream import SequenceStream, open_stream
+from grukit.tasks.classify.text import TokenClassifier, TokenSequences, build_vocab, encode, token_lists
+from grukit.tasks.encoders import LABELS, check_architecture
 
 
 @dataclass
@@ -47,83 +52,96 @@ class Predictions:
         return out
 
 
-def _export(net: nn.Module, inputs: dict[str, Tensor], path: Path, fmt: str) -> tuple[Path, float]:
-    return export_checked(net, inputs, path, fmt)
-
-
 @dataclass
 class ClassifyTask:
-    """A classification problem: checked sequences, their split and the feature scaling. ``meta`` is what a
-    checkpoint holds to rebuild the network and read new data the same way."""
+    """A classification problem: checked sequences (numeric or log-mel features, or token ids), their split and
+    the feature scaling (numeric, audio) or vocabulary (text). ``meta`` is what a checkpoint holds to rebuild the
+    network and read new data the same way."""
 
     cfg: dict[str, Any]
-    seqs: Sequences
+    seqs: Sequences | TokenSequences
     classes: list[str]
     mean: np.ndarray
     std: np.ndarray
     parts: dict[str, np.ndarray]  # "train", "val", "test" -> sequence indices
+    settings: dict[str, Any]  # how the data was read ("input": numeric, text or audio), see inputs.read_examples
+    vocab: list[str] | None = None  # text: the token of each id
+    stream: SequenceStream | None = None  # stream=true: reads the training sequences from the file, chunk by chunk
     monitor = "loss"  # validation cross-entropy: early stopping and the best checkpoint (lower is better)
     loss_name = "cross-entropy"
-    example_name = "sequences"
-    export = staticmethod(_export)
+    export = staticmethod(export)
+
+    @property
+    def kind(self) -> str:
+        return self.settings["input"]
+
+    @property
+    def example_name(self) -> str:
+        """What export checks on."""
+        return {"text": "texts", "audio": "WAV files"}.get(self.kind, "sequences")
 
     # ------------------------------------------------------------ construction
 
     @staticmethod
     def prepare(cfg: dict[str, Any], meta: dict[str, Any] | None = None) -> ClassifyTask:
-        """Read and check cfg["data"]; split it; fit the feature scaling (or take the trained model's from
-        ``meta``, checking that the data has its columns and no class it was not trained on)."""
+        """Read and check cfg["data"]; split it; fit the feature scaling or build the vocabulary on the training
+        split (or take the trained model's from ``meta``, checking that the data has its columns and no class it
+        was not trained on)."""
         cfg = dict(cfg)
-        if meta is None:
-            seqs = load_sequences(cfg["data"], cfg["id"], cfg["time"], cfg["label"], cfg["features"])
-        else:
-            seqs = load_sequences(cfg["data"], meta["id"], meta["time"], meta["label"], meta["features"])
-        cfg.update(id=seqs.id_name, time=seqs.time_name, label=seqs.label_name, features=seqs.feature_names)
+        if cfg.get("stream") and cfg["mode"] == "train":  # .get: configs saved before the stream key
+            return ClassifyTask._prepare_stream(cfg, meta)
+        seqs, settings = read_examples(cfg, meta)
+        cfg.update(settings)
         labelled = seqs.labels != ""
-        if meta is None:
-            if not labelled.all():
-                row = seqs.ids[int(np.flatnonzero(~labelled)[0])]
-                raise DataError(f"{seqs.label}: sequence {row!r} has no {seqs.label_name}; training needs every label")
-            classes = sorted(set(seqs.labels), key=_class_order)
-            if len(classes) < 2:
-                raise DataError(f"{seqs.label}: column {seqs.label_name!r} has one class; classify needs two or more")
-        else:
-            classes = meta["classes"]
-            unseen = sorted(set(seqs.labels[labelled]) - set(classes), key=_class_order)
-            if unseen:
-                raise DataError(
-                    f"{seqs.label}: {seqs.label_name} {unseen[0]!r} was not seen in training; the model knows "
-                    f"{', '.join(classes)} (drop those sequences, or train on data that has them)"
-                )
+        unlabelled = None if labelled.all() else seqs.ids[int(np.flatnonzero(~labelled)[0])]
+        classes = _classes(seqs.label, seqs.label_name, set(seqs.labels[labelled]), unlabelled, meta, meta is None)
         if meta is None or (cfg["mode"] in ("train", "val") and labelled.all()):
             train, val, test = split_indices(seqs, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"])
         else:  # predict / export on possibly unlabelled data: every sequence is "test"
             train, val, test = (np.arange(0),) * 2 + (np.arange(len(seqs.ids)),)
+        parts = {"train": train, "val": val, "test": test}
+        if settings["input"] == "text":
+            tokens = token_lists(seqs, settings["tokens"], settings["lowercase"])
+            vocab = build_vocab([tokens[i] for i in train], settings["min_count"]) if meta is None else meta["vocab"]
+            encoded = encode(seqs, tokens, vocab, settings["max_length"])
+            return ClassifyTask(cfg, encoded, classes, np.zeros(0), np.zeros(0), parts, settings, vocab)
         if meta is None:
             rows = np.concatenate([np.arange(seqs.offsets[s], seqs.offsets[s + 1]) for s in train])
             mean, std = seqs.values[rows].mean(axis=0), seqs.values[rows].std(axis=0)
             std = np.where(std > 0, std, 1.0)
         else:
             mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
-        return ClassifyTask(cfg, seqs, classes, mean, std, {"train": train, "val": val, "test": test})
+        return ClassifyTask(cfg, seqs, classes, mean, std, parts, settings)
+
+    @staticmethod
+    def _prepare_stream(cfg: dict[str, Any], meta: dict[str, Any] | None) -> ClassifyTask:
+        """``prepare`` for stream=true training on numeric sequences (see ``classify/stream.py``): the held-out
+        sequences in memory, the training ones read from the file each epoch."""
+        if detect_input(cfg) != "numeric":
+            raise ConfigError("stream=true reads numeric sequences (long format); drop stream=true for text or audio")
+        stream, labels, unlabelled = open_stream(cfg, meta if meta is not None else cfg)
+        id_name, time_name, label_name, features = stream.columns
+        classes = _classes(stream.path.name, label_name, labels, unlabelled, meta, True)
+        held, held_parts, moments = stream.statistics()
+        mean, std = moments.mean_std() if meta is None else (np.asarray(meta["mean"]), np.asarray(meta["std"]))
+        parts = {"train": np.arange(0), **{p: np.flatnonzero(held_parts == p) for p in ("val", "test")}}
+        settings = {"input": "numeric", "id": id_name, "time": time_name, "label": label_name, "features": features}
+        return ClassifyTask({**cfg, **settings}, held, classes, mean, std, parts, settings, stream=stream)
 
     def meta(self) -> dict[str, Any]:
-        return {
-            "id": self.seqs.id_name,
-            "time": self.seqs.time_name,
-            "label": self.seqs.label_name,
-            "features": self.seqs.feature_names,
-            "classes": self.classes,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-        }
+        out = {**self.settings, "classes": self.classes, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.vocab is not None:
+            out["vocab"] = self.vocab
+        else:
+            out["features"] = self.seqs.feature_names
+        return out
 
     @staticmethod
     def build_network(cfg: dict[str, Any], meta: dict[str, Any]) -> nn.Module:
-        if cfg["model"] not in ("gru",) and not cfg["model"].endswith(".safetensors"):
-            raise ConfigError(f"model {cfg['model']!r} is not implemented yet for classify; use model=gru")
-        return SequenceClassifier(
-            len(meta["features"]),
+        """The classifier for ``meta``'s data; text: behind a token embedding of size cfg["embed"]."""
+        text = "vocab" in meta
+        net = SequenceClassifier(
+            cfg["embed"] if text else len(meta["features"]),
             len(meta["classes"]),
             hidden=cfg["hidden"],
             layers=cfg["layers"],
@@ -131,16 +149,37 @@ class ClassifyTask:
             layer_norm=cfg["layer_norm"],
             bidirectional=cfg["bidirectional"],
             pool=cfg["pool"],
+            arch=check_architecture(cfg["model"]),
         )
+        return TokenClassifier(len(meta["vocab"]), cfg["embed"], net) if text else net
 
     def describe(self) -> str:
         cfg, seqs = self.cfg, self.seqs
-        lengths = seqs.lengths
+        lengths = f"{seqs.lengths.min()}-{seqs.lengths.max()}"
+        if isinstance(seqs, TokenSequences):
+            cut = f", {seqs.truncated} cut to max_length {cfg['max_length']}" if seqs.truncated else ""
+            data = (
+                f"{seqs.label}, {len(seqs.ids)} texts ({cfg['text']!r}), {cfg['tokens']} tokens, vocabulary "
+                f"{len(self.vocab)}, length {lengths}{cut}, {len(self.classes)} classes ({cfg['label']})"
+            )
+        elif self.kind == "audio":
+            data = (
+                f"{seqs.label}, {len(seqs.ids)} WAV files at {cfg['sample_rate']} Hz, {cfg['mels']} log-mel bands, "
+                f"{lengths} frames of 10 ms, {len(self.classes)} classes (sub-folders)"
+            )
+        else:
+            count = f"{len(seqs.ids)} sequences" if self.stream is None else "held-out sequences"
+            data = (
+                f"{seqs.label}, {count} of {len(seqs.feature_names)} features, length {lengths}, "
+                f"{len(self.classes)} classes ({seqs.label_name})"
+            )
+        streamed = f" (read in chunks of {self.stream.chunk_rows} rows each epoch)" if self.stream else ""
         return (
-            f"{seqs.label}, {len(seqs.ids)} sequences of {len(seqs.feature_names)} features, length "
-            f"{lengths.min()}-{lengths.max()}, {len(self.classes)} classes ({seqs.label_name}); "
-            f"{len(self.parts['train'])} train, {len(self.parts['val'])} validation, {len(self.parts['test'])} test; "
-            f"GRU hidden {cfg['hidden']} x {cfg['layers']}{' bidirectional' if cfg['bidirectional'] else ''}, "
+            f"{data}; "
+            f"{self._sizes()['train']} train{streamed}, {len(self.parts['val'])} validation, "
+            f"{len(self.parts['test'])} test; "
+            f"{LABELS[cfg['model']]} hidden {cfg['hidden']} x {cfg['layers']}"
+            f"{' bidirectional' if cfg['bidirectional'] else ''}, "
             f"{cfg['pool']} pooling"
         )
 
@@ -151,16 +190,34 @@ class ClassifyTask:
         return np.array([lookup[label] for label in self.seqs.labels[index]], dtype=np.int64)
 
     def _batch(self, index: np.ndarray) -> dict[str, Tensor]:
-        x, lengths = self.seqs.padded(index, self.mean, self.std)
+        """x: (T, B, F) float32 features, or (B, T) int64 token ids for text; lengths (B,) int64."""
+        if isinstance(self.seqs, TokenSequences):
+            x, lengths = self.seqs.padded(index)
+        else:
+            x, lengths = self.seqs.padded(index, self.mean, self.std)
         return {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths)}
 
+    def _sizes(self) -> dict[str, int]:
+        """Sequences in each part (the training ones of a streamed file counted by its statistics pass)."""
+        sizes = {part: len(index) for part, index in self.parts.items()}
+        if self.stream is not None:
+            sizes["train"] = sum(self.stream.train_per_chunk)
+        return sizes
+
     def train_batches(self, rng: np.random.Generator, batch: int) -> Iterator[dict[str, Tensor]]:
+        """Batches of shuffled training sequences (x, lengths and y (B,) class indices); streamed chunk by chunk
+        with stream=true (a share ``sample`` of them)."""
+        if self.stream is not None:
+            yield from self.stream.batches(rng, batch, self.mean, self.std, self.classes)
+            return
         order = rng.permutation(self.parts["train"])
         for start in range(0, len(order), batch):
             chosen = order[start : start + batch]
             yield {**self._batch(chosen), "y": torch.from_numpy(self._targets(chosen))}
 
     def steps_per_epoch(self, batch: int) -> int:
+        if self.stream is not None:
+            return self.stream.steps(batch)
         return -(-len(self.parts["train"]) // batch)
 
     def loss(self, net: nn.Module, batch: dict[str, Tensor], device: torch.device) -> Tensor:
@@ -188,6 +245,8 @@ class ClassifyTask:
 
     def majority_class(self) -> int:
         """The most frequent class among the training sequences (the lowest index on a tie)."""
+        if self.stream is not None:
+            return int(np.argmax([self.stream.train_labels[name] for name in self.classes]))
         return int(np.bincount(self._targets(self.parts["train"]), minlength=len(self.classes)).argmax())
 
     def report(self, net: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -200,7 +259,7 @@ class ClassifyTask:
                 continue
             actual = self._targets(index)
             predicted = self.probabilities(net, index, device).argmax(1)
-            majority = np.full(len(index), self.majority_class() if len(self.parts["train"]) else 0)
+            majority = np.full(len(index), self.majority_class() if self._sizes()["train"] else 0)
             out[split] = {
                 "model": classification_metrics(actual, predicted, len(self.classes)),
                 "majority": classification_metrics(actual, majority, len(self.classes)),
@@ -210,13 +269,15 @@ class ClassifyTask:
         out.update(
             classes=self.classes,
             data=self.seqs.label,
-            sequences={part: len(index) for part, index in self.parts.items()},
+            architecture=self.cfg["model"],
+            sequences=self._sizes(),
         )
         return out
 
     @staticmethod
     def table(report: dict[str, Any]) -> str:
-        rows = [("GRU", report["test"]["model"]), ("majority class", report["test"]["majority"])]
+        model = LABELS[report["architecture"]]
+        rows = [(model, report["test"]["model"]), ("majority class", report["test"]["majority"])]
         lines = [
             f"test: {report['data']}, {report['sequences']['test']} sequences, {len(report['classes'])} classes",
             f"{'model':<16}" + "".join(f"{name:>10}" for name in METRICS),
@@ -263,6 +324,29 @@ class ClassifyTask:
         fig.tight_layout()
         fig.savefig(run_dir / "confusion.png", dpi=100)
         plt.close(fig)
+
+
+def _classes(
+    source: str, label_name: str, labels: set[str], unlabelled: str | None, meta: dict[str, Any] | None, training: bool
+) -> list[str]:
+    """The classes: of the data's ``labels`` for a new model, else the trained model's (``meta``), checking that
+    the data has none it was not trained on. ``unlabelled``: the first sequence without a label (a DataError
+    when ``training``)."""
+    if training and unlabelled is not None:
+        raise DataError(f"{source}: sequence {unlabelled!r} has no {label_name}; training needs every label")
+    if meta is None:
+        classes = sorted(labels, key=_class_order)
+        if len(classes) < 2:
+            raise DataError(f"{source}: column {label_name!r} has one class; classify needs two or more")
+        return classes
+    classes = meta["classes"]
+    unseen = sorted(labels - set(classes), key=_class_order)
+    if unseen:
+        raise DataError(
+            f"{source}: {label_name} {unseen[0]!r} was not seen in training; the model knows "
+            f"{', '.join(classes)} (drop those sequences, or train on data that has them)"
+        )
+    return classes
 
 
 def _class_order(name: str) -> tuple[int, float, str]:

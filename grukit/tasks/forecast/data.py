@@ -1,19 +1,23 @@
-"""Forecast data: read a bundled dataset or a CSV file, check it, and describe it as arrays.
+"""Forecast data: read a bundled dataset, a CSV or a Parquet file, check it, and describe it as arrays.
 
 A forecast table has a time column, one or more target columns (each forecast as its own series by one
 shared model) and optional covariates: ``known`` ones are known in the future (a temperature forecast, a
 holiday flag), ``past`` ones only up to the forecast origin. Rows at the end whose targets are empty are the
-future: ``predict`` forecasts them (their known covariates must be filled).
+future: ``predict`` forecasts them (their known covariates must be filled). With a ``series`` column the
+table holds several series stacked (long format: the rows of each id in time order); each id is checked on
+its own and becomes one ``ForecastFrame``.
 
-Every problem is a ``DataError`` naming the file, the column and the row (as a line number of the file) and
-the fix: a missing or misspelt column (with the closest name), a non-numeric value, an empty cell or NaN,
-a time column that is not increasing or has gaps, an empty or unreadable file.
+Every problem is a ``DataError`` naming the file, the column and the row (a line number of a CSV file, a
+0-based row of a Parquet file) and the fix: a missing or misspelt column (with the closest name), a
+non-numeric value, an empty cell or NaN, a time column that is not increasing or has gaps, an empty or
+unreadable file.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import numpy as np
 from grukit.data.bundled import load as load_bundled
 from grukit.data.bundled import names as bundled_names
 from grukit.errors import DataError, did_you_mean
+from grukit.tasks.forecast.parquet import read_parquet
 
 DEFAULT_DATA = "elecdemand"
 # The columns each bundled dataset forecasts, and its known-future covariates, when target/known are "auto".
@@ -36,22 +41,23 @@ DAY = 24 * 60 * MINUTE
 
 @dataclass
 class Table:
-    """The raw columns of a dataset. columns: name -> (N,) array (strings for CSV files, typed when bundled)."""
+    """The raw columns of a dataset. columns: name -> (N,) array (strings for CSV files, typed when bundled or
+    read from Parquet)."""
 
     label: str  # how messages name it: "data.csv" or "bundled dataset 'elecdemand'"
     columns: dict[str, np.ndarray]
     bundled: str | None  # the bundled dataset's name, None for a file
-    first_line: int  # the line number of the first data row (2 for a CSV with a header), 1 for bundled data
+    first_line: int  # the line number of the first data row (2 for a CSV with a header), 0 for 0-based rows
+    row_word: str = "line"  # how messages count rows: "line" (of a CSV file) or "row" (0-based data rows)
 
     def where(self, row: int, column: str | None = None) -> str:
         """'data.csv line 12, column 'temperature'' for data row ``row`` (0-based)."""
-        place = f"{self.label} line {row + self.first_line}" if self.bundled is None else f"{self.label} row {row}"
-        return place + (f", column {column!r}" if column else "")
+        return f"{self.label} {self.row_word} {row + self.first_line}" + (f", column {column!r}" if column else "")
 
 
 @dataclass
 class ForecastFrame:
-    """A checked forecast dataset.
+    """One checked series (of a dataset with a series column: the rows of one id).
 
     times: (N,) datetime64[s], datetime64[M] or int64, strictly increasing with a constant ``step``;
     targets: (K, N) float64, NaN only in the trailing future rows (the first ``n_observed`` rows are all finite);
@@ -70,6 +76,13 @@ class ForecastFrame:
     past_names: list[str]
     past: np.ndarray
     n_observed: int
+    series_name: str = ""  # the series id column ("": the dataset is one series)
+    series_id: str = ""  # this series' id in that column
+
+    @property
+    def title(self) -> str:
+        """How messages name this series: "data.csv", or "data.csv series 'store_2'" for one of many."""
+        return f"{self.label} series {self.series_id!r}" if self.series_name else self.label
 
     def time_text(self, index: int) -> str:
         """The time of row ``index`` as text (ISO 8601 for datetimes); may be past the end (generated)."""
@@ -86,47 +99,72 @@ class ForecastFrame:
 # ---------------------------------------------------------------- reading
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
 def read_table(data: str) -> Table:
-    """The bundled dataset named ``data``, or the CSV file at path ``data``; DataError when neither works."""
+    """The bundled dataset named ``data``, or the CSV or Parquet (.parquet, .pq) file at path ``data``; DataError
+    when neither works."""
     if data in bundled_names():
-        return Table(f"bundled dataset {data!r}", load_bundled(data), data, 0)
+        return Table(f"bundled dataset {data!r}", load_bundled(data), data, 0, "row")
     path = Path(data).expanduser()
     if not path.exists():
         hint = did_you_mean(data, bundled_names()) if "/" not in data and "." not in data else ""
         raise DataError(
-            f"data {data!r} is not a file nor a bundled dataset{hint}; give a CSV path or one of "
+            f"data {data!r} is not a file nor a bundled dataset{hint}; give a CSV or Parquet path or one of "
             f"{', '.join(bundled_names())}"
         )
     if path.is_dir():
-        raise DataError(f"data {data!r} is a folder; give a CSV file")
-    if path.suffix.lower() in (".parquet", ".pq", ".xlsx", ".xls"):
-        raise DataError(f"{path.name}: {path.suffix} files are not supported yet; save the table as CSV")
+        raise DataError(f"data {data!r} is a folder; give a CSV or Parquet file")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return Table(path.name, read_parquet(path), None, 0, "row")
+    if path.suffix.lower() in (".xlsx", ".xls"):
+        raise DataError(f"{path.name}: {path.suffix} files are not supported; save the table as CSV or Parquet")
+    return next(csv_tables(path))
+
+
+def csv_tables(path: Path, chunk_rows: int = 0) -> Iterator[Table]:
+    """The CSV (tab-separated for .tsv, .tab) file at ``path`` as Tables of ``chunk_rows`` data rows each, read
+    as it goes (0: one Table of every row). Blank lines are skipped. DataError for a file that is not UTF-8 text
+    or not CSV, empty, without data rows, with a nameless or repeated column or a row of another width."""
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.reader(handle))
+            rows = (row for row in csv.reader(handle, delimiter=delimiter) if any(cell.strip() for cell in row))
+            header = [cell.strip() for cell in next(rows, [])]
+            if not header:
+                raise DataError(f"{path.name} is empty; it needs a header line and one row per time step")
+            if "" in header:
+                raise DataError(f"{path.name} line 1: column {header.index('') + 1} has no name; name every column")
+            duplicates = sorted({name for name in header if header.count(name) > 1})
+            if duplicates:
+                raise DataError(f"{path.name} line 1: column {duplicates[0]!r} appears twice; rename one")
+            chunk: list[list[str]] = []
+            first = 0  # data rows before this chunk
+            for row in rows:
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path.name} line {first + len(chunk) + 2}: {len(row)} fields where the header has "
+                        f"{len(header)}; every row needs one value per column (quote values that contain commas)"
+                    )
+                chunk.append(row)
+                if len(chunk) == chunk_rows:
+                    yield _csv_table(path.name, header, chunk, first)
+                    first, chunk = first + len(chunk), []
+            if chunk:
+                yield _csv_table(path.name, header, chunk, first)
+            elif first == 0:
+                raise DataError(f"{path.name} has a header but no data rows")
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not a text CSV file (not UTF-8); save it as CSV (UTF-8)") from None
     except csv.Error as err:
         raise DataError(f"{path.name} is not a readable CSV file ({err}); check its quoting") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        raise DataError(f"{path.name} is empty; it needs a header line and one row per time step")
-    header = [cell.strip() for cell in rows[0]]
-    if len(rows) == 1:
-        raise DataError(f"{path.name} has a header but no data rows")
-    if "" in header:
-        raise DataError(f"{path.name} line 1: column {header.index('') + 1} has no name; name every column")
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise DataError(f"{path.name} line 1: column {duplicates[0]!r} appears twice; rename one")
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(
-                f"{path.name} line {number}: {len(row)} fields where the header has {len(header)}; "
-                "every row needs one value per column (quote values that contain commas)"
-            )
-    columns = {name: np.array([row[i].strip() for row in rows[1:]], dtype=object) for i, name in enumerate(header)}
-    return Table(path.name, columns, None, 2)
+
+
+def _csv_table(file: str, header: list[str], rows: list[list[str]], first: int) -> Table:
+    """The Table of CSV data rows ``rows`` (of text cells), the file's data rows ``first`` onwards."""
+    columns = {name: np.array([row[i].strip() for row in rows], dtype=object) for i, name in enumerate(header)}
+    return Table(file, columns, None, 2 + first)
 
 
 def require_column(table: Table, name: str, role: str) -> np.ndarray:
@@ -158,9 +196,10 @@ def to_numbers(table: Table, name: str, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _times(table: Table, name: str) -> tuple[np.ndarray, int, str]:
-    """The time column as (N,) datetime64[s] / datetime64[M] / int64, its step and unit; DataError for
-    unparsable values, times that do not increase, and gaps (a step that differs from the first one)."""
+def _parse_times(table: Table, name: str) -> tuple[np.ndarray, str]:
+    """The time column as (N,) datetime64[s], datetime64[M] or int64 and its unit ("s", "M" or "int"); times
+    that are all on the first of a month at midnight are months. DataError naming the row of a value that is not
+    a time or is missing."""
     values = table.columns[name]
     if values.dtype == object:
         try:
@@ -181,31 +220,45 @@ def _times(table: Table, name: str) -> tuple[np.ndarray, int, str]:
     else:
         times = values
     if np.issubdtype(times.dtype, np.integer):
-        unit, times = "int", times.astype(np.int64)
-    elif np.datetime_data(times.dtype)[0] in ("Y", "M"):
-        unit, times = "M", times.astype("datetime64[M]")
-    else:
-        unit, times = "s", times.astype("datetime64[s]")
+        return times.astype(np.int64), "int"
+    missing = np.flatnonzero(np.isnat(times) if np.issubdtype(times.dtype, np.datetime64) else ~np.isfinite(times))
+    if len(missing):
+        raise DataError(f"{table.where(int(missing[0]), name)}: missing time; every row needs its time")
+    if not np.issubdtype(times.dtype, np.datetime64):
+        raise DataError(
+            f"{table.label}: time column {name!r} holds {times.dtype} numbers; write times as ISO 8601 or integers"
+        )
+    months = times.astype("datetime64[M]")
+    if np.datetime_data(times.dtype)[0] in ("Y", "M") or (months.astype(times.dtype) == times).all():
+        return months, "M"  # months (2014-01), or dates that are all on the first of a month
+    return times.astype("datetime64[s]"), "s"
+
+
+def _check_steps(table: Table, name: str, times: np.ndarray, rows: np.ndarray, unit: str, title: str) -> int:
+    """The constant step of one series' ``times`` (n,), the table's rows ``rows`` (n,); DataError naming the row
+    for times that do not increase and for gaps (a step that differs from the first one)."""
+    written = table.columns[name]
+    values = written[rows] if written.dtype == object else times  # text as the file has it, else parsed times
     if len(times) < 2:
-        raise DataError(f"{table.label} has one row; a forecast needs a series of many time steps")
+        raise DataError(f"{title} has one row; a forecast needs a series of many time steps")
     diffs = np.diff(times).astype(np.int64)
     step = int(diffs[0])
     bad = np.flatnonzero(diffs <= 0)
     if len(bad):
-        i = int(bad[0]) + 1
+        i = bad[0] + 1
         raise DataError(
-            f"{table.where(i, name)}: time {values[i]} does not come after {values[i - 1]}; "
+            f"{table.where(rows[i], name)}: time {values[i]} does not come after {values[i - 1]}; "
             "sort the rows by time and remove duplicate times"
         )
     bad = np.flatnonzero(diffs != step)
     if len(bad):
-        i = int(bad[0]) + 1
+        i = bad[0] + 1
         raise DataError(
-            f"{table.where(i, name)}: time {values[i]} follows {values[i - 1]}, a step of "
-            f"{_step_words(int(diffs[i - 1]), unit)} where the series steps by {_step_words(step, unit)}; "
+            f"{table.where(rows[i], name)}: time {values[i]} follows {values[i - 1]}, a step of "
+            f"{_step_words(int(diffs[bad[0]]), unit)} where the series steps by {_step_words(step, unit)}; "
             "add the missing rows (or resample) so that the time step is constant"
         )
-    return times, step, unit
+    return step
 
 
 def _step_words(step: int, unit: str) -> str:
@@ -234,24 +287,51 @@ def load_frame(
     known: str | list[str] = "auto",
     past: str | list[str] = (),
 ) -> ForecastFrame:
-    """Read and check the forecast dataset ``data`` (bundled name or CSV path); see the module docstring.
+    """The one series of ``data`` (no series column); see ``load_frames``."""
+    return load_frames(data, time, target, known, past)[0]
 
-    time: the time column ("auto": the first column); target / known / past: column names ("auto": the
-    bundled dataset's roles; for a CSV, target "auto" is its only numeric column besides time, known "auto"
-    is none). Raises DataError naming the file, column and row, and the fix.
+
+def load_frames(
+    data: str,
+    time: str = "auto",
+    target: str | list[str] = "auto",
+    known: str | list[str] = "auto",
+    past: str | list[str] = (),
+    series: str = "",
+) -> list[ForecastFrame]:
+    """Read and check the forecast dataset ``data`` (bundled name, CSV or Parquet path): one frame per series.
+
+    time: the time column ("auto": the first column but the series column); target / known / past: column
+    names ("auto": the bundled dataset's roles; for a file, target "auto" is its only numeric column besides
+    time and series, known "auto" is none); series: the series id column ("": one series), ids in order of
+    first appearance. Every series must have the same time step. Raises DataError naming the file, column and
+    row, and the fix.
     """
-    data = DEFAULT_DATA if data == "auto" else data
-    table = read_table(data)
+    table = read_table(DEFAULT_DATA if data == "auto" else data)
+    return table_frames(table, time, target, known, past, series)
+
+
+def table_frames(
+    table: Table,
+    time: str = "auto",
+    target: str | list[str] = "auto",
+    known: str | list[str] = "auto",
+    past: str | list[str] = (),
+    series: str = "",
+) -> list[ForecastFrame]:
+    """The checked series of ``table``; the arguments and errors are those of ``load_frames``."""
     names = list(table.columns)
-    time_name = names[0] if time == "auto" else time
+    if series:
+        require_column(table, series, "series id")
+    time_name = next(name for name in [*names, ""] if name != series) if time == "auto" else time
     require_column(table, time_name, "time")
     default_target, default_known = BUNDLED_ROLES.get(table.bundled or "", ([], []))
     if target == "auto" and table.bundled is None:
-        numeric = [name for name in names if name != time_name and looks_numeric(table.columns[name])]
+        others = [name for name in names if name not in (time_name, series)]
+        numeric = [name for name in others if looks_numeric(table.columns[name])]
         if len(numeric) != 1:
             raise DataError(
-                f"{table.label}: which column should be forecast? set target=COLUMN (one of "
-                f"{', '.join(n for n in names if n != time_name)})"
+                f"{table.label}: which column should be forecast? set target=COLUMN (one of {', '.join(others)})"
             )
         default_target = numeric
     targets = _names(target, table, default_target, "target")
@@ -259,53 +339,86 @@ def load_frame(
     past_names = _names(list(past), table, [], "past covariate")
     if not targets:
         raise DataError("target is empty; name the column(s) to forecast, e.g. target=demand")
-    roles = {"time": [time_name], "target": targets, "known": known_names, "past": past_names}
+    roles = {"time": [time_name], "series": [series] if series else [], "target": targets}
+    roles.update(known=known_names, past=past_names)
     seen: dict[str, str] = {}
     for role, columns in roles.items():
         for column in columns:
             if column in seen:
                 raise DataError(f"column {column!r} is both {seen[column]} and {role}; give it one role")
             seen[column] = role
-    times, step, unit = _times(table, time_name)
-    target_values = np.stack([to_numbers(table, name, table.columns[name]) for name in targets])  # (K, N)
-    observed = np.isfinite(target_values).all(axis=0)
+    times, unit = _parse_times(table, time_name)
+    values = {name: to_numbers(table, name, table.columns[name]) for name in [*targets, *known_names, *past_names]}
+    frames = []
+    for series_id, rows in _series_rows(table, series):
+        frame = ForecastFrame(
+            label=table.label,
+            time_name=time_name,
+            times=times[rows],
+            step=0,
+            step_unit=unit,
+            target_names=targets,
+            targets=np.stack([values[name][rows] for name in targets]),
+            known_names=known_names,
+            known=_stack([values[name][rows] for name in known_names], len(rows)),
+            past_names=past_names,
+            past=_stack([values[name][rows] for name in past_names], len(rows)),
+            n_observed=0,
+            series_name=series,
+            series_id=series_id,
+        )
+        frame.step = _check_steps(table, time_name, frame.times, rows, unit, frame.title)
+        frame.n_observed = _check_missing(table, frame, rows)
+        if frames and frame.step != frames[0].step:
+            raise DataError(
+                f"{frame.title} steps by {_step_words(frame.step, unit)} where series {frames[0].series_id!r} steps "
+                f"by {_step_words(frames[0].step, unit)}; every series needs the same time step (resample)"
+            )
+        frames.append(frame)
+    return frames
+
+
+def _series_rows(table: Table, series: str) -> list[tuple[str, np.ndarray]]:
+    """(id, its table rows (n,)) for each id of column ``series`` in order of first appearance; one ("", every
+    row) when ``series`` is empty. DataError naming the row of an empty id."""
+    n = len(next(iter(table.columns.values())))
+    if not series:
+        return [("", np.arange(n))]
+    ids = np.array([str(v).strip() for v in table.columns[series]], dtype=object)
+    empty = np.flatnonzero((ids == "") | (ids == "nan") | (ids == "NaT"))
+    if len(empty):
+        raise DataError(f"{table.where(int(empty[0]), series)}: empty series id; give every row its series id")
+    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rows = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(unique)))
+    groups = np.split(rows, bounds[:-1])
+    return [(str(unique[u]), groups[u]) for u in order]
+
+
+def _check_missing(table: Table, frame: ForecastFrame, rows: np.ndarray) -> int:
+    """The number of observed rows of ``frame`` (the table's ``rows``): up to its last row with every target;
+    DataError naming the row of a missing target or past covariate before it, or of any missing known one."""
+    observed = np.isfinite(frame.targets).all(axis=0)
     n_observed = int(np.flatnonzero(observed)[-1]) + 1 if observed.any() else 0
     if n_observed == 0:
-        raise DataError(f"{table.label}: target column {targets[0]!r} has no values")
-    for k, name in enumerate(targets):
-        missing = np.flatnonzero(~np.isfinite(target_values[k, :n_observed]))
-        if len(missing):
-            raise DataError(
-                f"{table.where(int(missing[0]), name)}: missing value (empty or NaN); fill it (e.g. interpolate) "
-                "- only the rows after the last observed value (the future to forecast) may be empty"
-            )
-    known_values = _covariates(table, known_names, len(times), len(times))
-    past_values = _covariates(table, past_names, len(times), n_observed)
-    return ForecastFrame(
-        label=table.label,
-        time_name=time_name,
-        times=times,
-        step=step,
-        step_unit=unit,
-        target_names=targets,
-        targets=target_values,
-        known_names=known_names,
-        known=known_values,
-        past_names=past_names,
-        past=past_values,
-        n_observed=n_observed,
-    )
+        raise DataError(f"{frame.title}: target column {frame.target_names[0]!r} has no values")
+    future = " (e.g. interpolate) - only the rows after the last observed value (the future to forecast) may be empty"
+    checks = [
+        (frame.targets.T, frame.target_names, n_observed, future),
+        (frame.known, frame.known_names, len(rows), ""),
+        (frame.past, frame.past_names, n_observed, ""),
+    ]
+    for columns, names, must_have, hint in checks:
+        for c, name in enumerate(names):
+            missing = np.flatnonzero(~np.isfinite(columns[:must_have, c]))
+            if len(missing):
+                raise DataError(f"{table.where(rows[missing[0]], name)}: missing value (empty or NaN); fill it{hint}")
+    return n_observed
 
 
-def _covariates(table: Table, names: list[str], n: int, must_have: int) -> np.ndarray:
-    """(n, C) float64 of the covariates ``names``; DataError for a missing value in the first ``must_have`` rows."""
-    columns = []
-    for name in names:
-        values = to_numbers(table, name, table.columns[name])
-        missing = np.flatnonzero(~np.isfinite(values[:must_have]))
-        if len(missing):
-            raise DataError(f"{table.where(int(missing[0]), name)}: missing value (empty or NaN); fill it")
-        columns.append(values)
+def _stack(columns: list[np.ndarray], n: int) -> np.ndarray:
+    """Columns (n,) each -> (n, C); (n, 0) when there are none."""
     return np.stack(columns, axis=1) if columns else np.zeros((n, 0))
 
 

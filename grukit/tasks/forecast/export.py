@@ -33,6 +33,8 @@ def onnx_model(net: SeasonBlockForecaster):
     """The ONNX model of ``net`` (eval semantics): the GRU as ONNX GRU nodes, the head as Gemm/Erf/TopK."""
     from onnx import TensorProto, helper, numpy_helper
 
+    if net.arch != "gru":
+        raise GrukitError(f"export onnx: only model=gru has an ONNX graph, not {net.arch}; use format=torchscript")
     try:
         model = build_onnx_model(net.gru)
     except ValueError as err:

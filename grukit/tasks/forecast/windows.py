@@ -4,9 +4,12 @@ An origin t is the index of the first forecast step: the model sees target value
 rows t .. t + horizon - 1. Held-out origins sit at the end of the observed series, ``stride`` steps apart:
 the test origins last, the validation origins before them (their targets end where the test targets
 begin), and training origins before those (their targets end where the validation targets begin). Nothing
-the model trains on overlaps a validation or test target.
+the model trains on overlaps a validation or test target. The rolling-origin backtest origins step back
+from the last test origin through the test period, every ``backtest_step`` steps (any phase of the
+season), without retraining. With several series each gets these origins at its own end, and every series'
+windows are stacked in one set of rows (``Layout.offsets``), so that one batch can mix series.
 
-Inputs at an origin (per target series, normalised by the mean and standard deviation of its lookback):
+Inputs at an origin (per target column and series, normalised by the mean and standard deviation of its lookback):
 the past as ``lookback / season`` blocks of one season each (GRU steps, oldest first), and what is known
 about the forecast window (known covariates, the lookback's values at the same phase, the calendar).
 """
@@ -28,41 +31,58 @@ DEFAULT_HELD_OUT = 14  # test (and validation) origins when not set
 
 @dataclass(frozen=True)
 class Layout:
-    """Resolved window settings and the origins of each split ((n,) int64 row indices)."""
+    """Resolved window settings and the origins of each split, as rows of ``Windows`` (which stacks the series,
+    series s from row ``offsets[s]``, each followed by ``horizon`` rows past its end). train_origins (M,);
+    val_origins, test_origins and backtest_origins (S * n,): n per series, series after series."""
 
     season: int
     horizon: int
     lookback: int
     stride: int
+    offsets: np.ndarray
     train_origins: np.ndarray
     val_origins: np.ndarray
     test_origins: np.ndarray
+    backtest_origins: np.ndarray
+
+    def per_series(self, origins: np.ndarray) -> np.ndarray:
+        """Held-out ``origins`` (S * n,) as (S, n): row s holds series s's."""
+        return origins.reshape(len(self.offsets), -1)
+
+    def in_sample_end(self, series: int) -> int:
+        """Rows of series ``series`` before its first test origin: what its scales and statistics use."""
+        return int(self.per_series(self.test_origins)[series, 0] - self.offsets[series])
 
     @property
-    def in_sample_end(self) -> int:
-        """Rows before the first test origin: what scales and statistics are computed on."""
-        return int(self.test_origins[0])
+    def backtest_step(self) -> int:
+        """Steps between consecutive backtest origins (0 with a single origin)."""
+        origins = self.per_series(self.backtest_origins)[0]
+        return int(origins[1] - origins[0]) if len(origins) > 1 else 0
 
     def settings(self) -> dict[str, int]:
+        n_series = len(self.offsets)
         return {
             "season": self.season,
             "horizon": self.horizon,
             "lookback": self.lookback,
             "stride": self.stride,
-            "test_windows": len(self.test_origins),
-            "val_windows": len(self.val_origins),
+            "test_windows": len(self.test_origins) // n_series,
+            "val_windows": len(self.val_origins) // n_series,
         }
 
 
-def resolve_layout(frame: ForecastFrame, cfg: dict) -> Layout:
-    """The Layout for ``frame`` from the config keys season, horizon, lookback, stride, test_windows,
-    val_windows (0 = automatic, see defaults.toml). Raises ConfigError for inconsistent settings and
-    DataError when the series is too short for them, naming the keys to lower."""
-    n = frame.n_observed
-    season = cfg["season"] or auto_season(frame)
+def resolve_layout(frames: list[ForecastFrame], cfg: dict, observed: list[int] | None = None) -> Layout:
+    """The Layout for the series ``frames`` from the config keys season, horizon, lookback, stride,
+    test_windows, val_windows and backtest (0 = automatic, see defaults.toml; automatic counts follow the
+    shortest series). Raises ConfigError for inconsistent settings and DataError naming the series that is
+    too short for them and the keys to lower. ``observed``: each series' observed rows to resolve and check
+    the settings with, when ``frames`` hold only the end of each (a streamed file); default: the frames'."""
+    observed = [frame.n_observed for frame in frames] if observed is None else observed
+    n_min = min(observed)
+    season = cfg["season"] or auto_season(frames[0])
     horizon = cfg["horizon"] or season
     stride = cfg["stride"] or horizon
-    n_test = cfg["test_windows"] or max(1, min(DEFAULT_HELD_OUT, n // 5 // stride))
+    n_test = cfg["test_windows"] or max(1, min(DEFAULT_HELD_OUT, n_min // 5 // stride))
     n_val = cfg["val_windows"] or n_test
     if cfg["lookback"] and cfg["lookback"] % season:
         low = cfg["lookback"] // season * season
@@ -71,29 +91,50 @@ def resolve_layout(frame: ForecastFrame, cfg: dict) -> Layout:
             f"use {max(season, low)} or {low + season}"
         )
     held_out = (n_test - 1) * stride + horizon + (n_val - 1) * stride + horizon
-    first_val = n - held_out
 
-    def train_windows(lookback: int) -> int:
-        return first_val - horizon - lookback + 1
+    def train_windows(lookback: int) -> np.ndarray:
+        """(S,) training windows of each series."""
+        return np.array([n - held_out - horizon - lookback + 1 for n in observed])
 
     if cfg["lookback"]:
         lookback = cfg["lookback"]
     else:
         candidates = [m * season for m in range(7, 0, -1)]
-        lookback = next((lb for lb in candidates if train_windows(lb) >= MIN_TRAIN_WINDOWS), season)
-    if train_windows(lookback) < 1:
-        needed = lookback + horizon + held_out
-        raise DataError(
-            f"{frame.label}: {n} observed rows are too few for lookback {lookback} + horizon {horizon} and "
-            f"{n_val} validation + {n_test} test windows ({needed} rows needed, one training window); "
-            "lower lookback=, horizon=, val_windows= or test_windows=, or give a longer series"
+        fits = (lb for lb in candidates if train_windows(lb).min() >= 1)
+        lookback = next((lb for lb in fits if np.maximum(train_windows(lb), 0).sum() >= MIN_TRAIN_WINDOWS), season)
+    for frame, n, windows in zip(frames, observed, train_windows(lookback), strict=True):
+        if windows < 1:
+            needed = lookback + horizon + held_out
+            raise DataError(
+                f"{frame.title}: {n} observed rows are too few for lookback {lookback} + horizon "
+                f"{horizon} and {n_val} validation + {n_test} test windows ({needed} rows needed, one training "
+                "window); lower lookback=, horizon=, val_windows= or test_windows=, or give a longer series"
+            )
+    span = (n_test - 1) * stride  # from the first test origin to the last
+    n_backtest = cfg.get("backtest") or span // max(1, stride // 4) + 1  # configs saved before the key: auto
+    if n_backtest > span + 1:
+        raise ConfigError(
+            f"bad value for backtest: {n_backtest} origins do not fit in the test period ({span + 1} possible "
+            f"origins, one per step); use backtest={span + 1} or less, or raise test_windows="
         )
-    last_test = n - horizon
-    test = last_test - stride * np.arange(n_test - 1, -1, -1)
-    last_val = int(test[0]) - horizon
-    val = last_val - stride * np.arange(n_val - 1, -1, -1)
-    train = np.arange(lookback, int(val[0]) - horizon + 1)
-    return Layout(season, horizon, lookback, stride, train, val.astype(np.int64), test.astype(np.int64))
+    backtest_step = span // (n_backtest - 1) if n_backtest > 1 else 0
+    offsets = np.cumsum([0] + [len(frame.times) + horizon for frame in frames[:-1]]).astype(np.int64)
+    splits: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": [], "backtest": []}
+    for frame, offset in zip(frames, offsets, strict=True):
+        last_test = frame.n_observed - horizon
+        test = last_test - stride * np.arange(n_test - 1, -1, -1)
+        last_val = int(test[0]) - horizon
+        val = last_val - stride * np.arange(n_val - 1, -1, -1)
+        local = {
+            "train": np.arange(lookback, int(val[0]) - horizon + 1),
+            "val": val,
+            "test": test,
+            "backtest": last_test - backtest_step * np.arange(n_backtest - 1, -1, -1),
+        }
+        for name, origins in local.items():
+            splits[name].append(origins.astype(np.int64) + offset)
+    origins = {f"{name}_origins": np.concatenate(parts) for name, parts in splits.items()}
+    return Layout(season, horizon, lookback, stride, offsets, **origins)
 
 
 @dataclass(frozen=True)
@@ -106,14 +147,16 @@ class Scaling:
     past_std: np.ndarray
 
     @staticmethod
-    def fit(frame: ForecastFrame, end: int) -> Scaling:
-        """Means and standard deviations of the covariates over rows [0, end) (std 0 becomes 1)."""
+    def fit(frames: list[ForecastFrame], layout: Layout) -> Scaling:
+        """Means and standard deviations of the covariates over the in-sample rows of every series (std 0
+        becomes 1)."""
 
-        def stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            std = values[:end].std(axis=0)
-            return values[:end].mean(axis=0), np.where(std > 0, std, 1.0)
+        def stats(name: str) -> tuple[np.ndarray, np.ndarray]:
+            values = np.concatenate([getattr(f, name)[: layout.in_sample_end(s)] for s, f in enumerate(frames)])
+            std = values.std(axis=0)
+            return values.mean(axis=0), np.where(std > 0, std, 1.0)
 
-        return Scaling(*stats(frame.known), *stats(frame.past))
+        return Scaling(*stats("known"), *stats("past"))
 
     def to_json(self) -> dict[str, list[float]]:
         return {key: getattr(self, key).tolist() for key in ("known_mean", "known_std", "past_mean", "past_std")}
@@ -132,25 +175,33 @@ def feature_sizes(frame: ForecastFrame, layout: Layout, calendar: bool) -> tuple
     return step, future
 
 
+def _pad(values: np.ndarray, rows: int) -> np.ndarray:
+    """``values`` (N, C) followed by ``rows`` rows of NaN: (N + rows, C)."""
+    return np.concatenate([values, np.full((rows, values.shape[1]), np.nan)])
+
+
 class Windows:
-    """Builds batches of model inputs from a frame. Rows past the end of the frame (up to one horizon) get
-    generated times (calendar) and NaN targets; known covariates must exist wherever they are read."""
+    """Builds batches of model inputs from the series ``frames``, stacked as ``layout.offsets`` says. Rows past
+    the end of each series (one horizon) get generated times (calendar) and NaN targets; known covariates must
+    exist wherever they are read."""
 
-    def __init__(self, frame: ForecastFrame, layout: Layout, scaling: Scaling, calendar: bool) -> None:
-        extra = layout.horizon
-        n = len(frame.times) + extra
+    def __init__(self, frames: list[ForecastFrame], layout: Layout, scaling: Scaling, calendar: bool) -> None:
         self.layout = layout
-        pad = np.full((frame.targets.shape[0], extra), np.nan)
-        self.y = np.concatenate([frame.targets, pad], axis=1)  # (K, N + H)
-        nan_rows = np.full((extra, frame.known.shape[1]), np.nan)
-        self.known = np.concatenate([(frame.known - scaling.known_mean) / scaling.known_std, nan_rows])
-        nan_rows = np.full((extra, frame.past.shape[1]), np.nan)
-        self.past = np.concatenate([(frame.past - scaling.past_mean) / scaling.past_std, nan_rows])
-        index = np.arange(n)
-        self.calendar = calendar_features(frame, index) if calendar else np.zeros((n, 0))
+        ys, knowns, pasts, calendars = [], [], [], []
+        extra = layout.horizon
+        for frame in frames:
+            ys.append(_pad(frame.targets.T, extra).T)
+            knowns.append(_pad((frame.known - scaling.known_mean) / scaling.known_std, extra))
+            pasts.append(_pad((frame.past - scaling.past_mean) / scaling.past_std, extra))
+            index = np.arange(len(frame.times) + layout.horizon)
+            calendars.append(calendar_features(frame, index) if calendar else np.zeros((len(index), 0)))
+        self.y = np.concatenate(ys, axis=1)  # (K, rows)
+        self.known = np.concatenate(knowns)  # (rows, Ck)
+        self.past = np.concatenate(pasts)  # (rows, Cp)
+        self.calendar = np.concatenate(calendars)  # (rows, C)
 
-    def batch(self, series: np.ndarray, origins: np.ndarray) -> dict[str, Tensor]:
-        """Inputs for forecasts of target series ``series`` (B,) from ``origins`` (B,).
+    def batch(self, target: np.ndarray, origins: np.ndarray) -> dict[str, Tensor]:
+        """Inputs for forecasts of target columns ``target`` (B,) from ``origins`` (B,) (rows of the stacked series).
 
         Returns float32 tensors: past (L, B, step_features) with L = lookback / season blocks, oldest first;
         future (B, future_features); base (B, H) the seasonal naive; target (B, H) (NaN where unknown);
@@ -159,7 +210,7 @@ class Windows:
         lay = self.layout
         season, horizon, lookback = lay.season, lay.horizon, lay.lookback
         blocks = lookback // season
-        rows = series[:, None]
+        rows = target[:, None]
         look_idx = origins[:, None] - lookback + np.arange(lookback)  # (B, lookback)
         values = self.y[rows, look_idx]
         mean = values.mean(axis=1, keepdims=True)
@@ -197,6 +248,7 @@ class Windows:
             "std": torch.from_numpy(std),
         }
 
-    def actual(self, series: np.ndarray, origins: np.ndarray) -> np.ndarray:
-        """The target values forecast from ``origins``: (B, H) float64 (NaN where unknown)."""
-        return self.y[series[:, None], origins[:, None] + np.arange(self.layout.horizon)]
+    def actual(self, target: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """The values of target columns ``target`` (B,) forecast from ``origins`` (B,): (B, H) float64 (NaN where
+        unknown)."""
+        return self.y[target[:, None], origins[:, None] + np.arange(self.layout.horizon)]

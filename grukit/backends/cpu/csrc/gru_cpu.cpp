@@ -26,7 +26,11 @@
 #include <utility>
 #include <vector>
 
+#include "team.h"
+
 namespace {
+
+using grukit::Part;
 
 #define GRUKIT_INLINE inline __attribute__((always_inline))
 
@@ -145,10 +149,20 @@ inline VD tanh_v(VD x) {
 
 // ------------------------------------------------------------------------------------------------ packing
 
-// Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p < ceil(H/N).
-template <typename T>
+// Weights in bfloat16 (the stepper's opt-in): the upper 16 bits of a float32, rounded to nearest even.
+using bf16_t = uint16_t;
+
+GRUKIT_INLINE bf16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<bf16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p < ceil(H/N), N = T's lanes;
+// W = bf16_t stores the weights rounded to bfloat16.
+template <typename T, typename W = T>
 void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t row0, int G,
-                      T* out /* (P, K, G, N) */) {
+                      W* out /* (P, K, G, N) */) {
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
   for (int64_t p = 0; p < P; ++p)
@@ -156,7 +170,12 @@ void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t 
       for (int g = 0; g < G; ++g)
         for (int l = 0; l < N; ++l) {
           const int64_t j = p * N + l;
-          out[((p * K + k) * G + g) * N + l] = j < H ? w[(row0 + g * H + j) * K + k] : T(0);
+          const T v = j < H ? w[(row0 + g * H + j) * K + k] : T(0);
+          if constexpr (std::is_same_v<T, W>) {
+            out[((p * K + k) * G + g) * N + l] = v;
+          } else {
+            out[((p * K + k) * G + g) * N + l] = to_bf16(v);
+          }
         }
 }
 
@@ -175,10 +194,24 @@ void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /*
 
 // ------------------------------------------------------------------------------------------------ micro-kernel
 
+// N weights of type W as a vector of T: a plain load, or bfloat16 widened to float32 (zero-extend, shift by 16).
+template <typename T, typename W>
+GRUKIT_INLINE typename Simd<T>::V load_weights(const W* p /* (N,) */) {
+  if constexpr (std::is_same_v<T, W>) {
+    return load<T>(p, Simd<T>::N);
+  } else {
+    static_assert(std::is_same_v<T, float> && std::is_same_v<W, bf16_t>, "bfloat16 weights serve float32 only");
+    typedef bf16_t H16 __attribute__((vector_size(kVecBytes / 2)));
+    H16 half;
+    std::memcpy(&half, p, sizeof(half));
+    return (VF)(__builtin_convertvector(half, IF) << 16);
+  }
+}
+
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units.
-template <typename T, int R, int G>
+template <typename T, int R, int G, typename W = T>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
-                          const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+                          const W* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   for (int r = 0; r < R; ++r)
@@ -188,26 +221,26 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
     V a1[G] = {}, a2[G] = {}, a3[G] = {};
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
-      const T* w = panel + k * G * N;
+      const W* w = panel + k * G * N;
       const V s0 = splat<T>(src[k]), s1 = splat<T>(src[k + 1]), s2 = splat<T>(src[k + 2]), s3 = splat<T>(src[k + 3]);
 #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
-        acc[0][g] += s0 * load<T>(w + g * N, N);
-        a1[g] += s1 * load<T>(w + (G + g) * N, N);
-        a2[g] += s2 * load<T>(w + (2 * G + g) * N, N);
-        a3[g] += s3 * load<T>(w + (3 * G + g) * N, N);
+        acc[0][g] += s0 * load_weights<T>(w + g * N);
+        a1[g] += s1 * load_weights<T>(w + (G + g) * N);
+        a2[g] += s2 * load_weights<T>(w + (2 * G + g) * N);
+        a3[g] += s3 * load_weights<T>(w + (3 * G + g) * N);
       }
     }
     for (; k < K; ++k) {
       const V s = splat<T>(src[k]);
-      for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + (k * G + g) * N, N);
+      for (int g = 0; g < G; ++g) acc[0][g] += s * load_weights<T>(panel + (k * G + g) * N);
     }
     for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
   } else {
     for (int64_t k = 0; k < K; ++k) {
       V w[G];
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + (k * G + g) * N, N);
+      for (int g = 0; g < G; ++g) w[g] = load_weights<T>(panel + (k * G + g) * N);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const V s = splat<T>(src[r * ld + k]);
@@ -249,7 +282,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
                   T* gates /* training: reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
                   T* hs /* training: (T, B, H) state entering each step */,
                   T* work /* (3, B, H) scratch: two state buffers and r*h (or z) */, int64_t steps, int64_t B,
-                  int64_t H, bool reverse) {
+                  int64_t H, bool reverse, const Part& part /* this thread's share of the hidden-unit panels */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
@@ -258,7 +291,9 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
   T* h_cur = work;
   T* h_next = work + B * H;
   T* scratch = work + 2 * B * H;  // reset_after=false: r * h for the n product
-  std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  const int64_t p_begin = part.begin(P), p_end = part.end(P);
+  if (part.tid == 0) std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  part.sync();
   const T* wn = wpack + P * H * 2 * N;  // reset_after=false: the n panels after the r/z ones
 
   for (int64_t s = 0; s < steps; ++s) {
@@ -272,7 +307,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
       if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
     };
     if constexpr (kResetAfter) {
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 3 * N;
@@ -310,7 +345,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
       }
     } else {
       // Phase 1: r and z from h; r * h into scratch, z into h_next (overwritten in phase 2).
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 2 * N;
@@ -334,8 +369,9 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
           }
         });
       }
+      part.sync();  // phase 2 reads all of r * h
       // Phase 2: n from r * h, then the new state.
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wn + p * H * N;
@@ -364,29 +400,30 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
         });
       }
     }
+    part.sync();  // the next step reads every unit of h_next
     std::swap(h_cur, h_next);
   }
-  std::memcpy(h_n, h_cur, sizeof(T) * B * H);
+  if (part.tid == 0) std::memcpy(h_n, h_cur, sizeof(T) * B * H);
 }
 
 // ------------------------------------------------------------------------------------------------ streaming step
 
 // One time step of the reset_after form with no lengths (the streaming step): the input product comes from W_ih
 // packed like W_hh, so the step makes no ATen call and needs no gi buffer. h_n and y_t get the new state.
-template <typename T>
-void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* wih /* (P, I, 3, N) */,
-                 const T* whh /* (P, H, 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
-                 const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out */, int64_t B,
-                 int64_t I, int64_t H) {
+template <typename T, typename W = T>
+void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, I, 3, N) */,
+                 const W* whh /* (P, H, 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
+                 const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
+                 int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
-  for (int64_t p = 0; p < P; ++p) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t j0 = p * N;
     const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-    const T* panel_i = wih + p * I * 3 * N;
-    const T* panel_h = whh + p * H * 3 * N;
-    if (p + 1 < P) {  // the next panels: start their first lines on the way while this one computes
+    const W* panel_i = wih + p * I * 3 * N;
+    const W* panel_h = whh + p * H * 3 * N;
+    if (p + 1 < p_end) {  // the next panels: start their first lines on the way while this one computes
       __builtin_prefetch(panel_h + H * 3 * N);
       __builtin_prefetch(panel_i + I * 3 * N);
     }
@@ -397,8 +434,8 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* wih
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
       V ai[R][3], ah[R][3];
-      panel_product<T, R, 3>(x + b0 * I, I, I, panel_i, ai);
-      panel_product<T, R, 3>(h0 + b0 * H, H, H, panel_h, ah);
+      panel_product<T, R, 3, W>(x + b0 * I, I, I, panel_i, ai);
+      panel_product<T, R, 3, W>(h0 + b0 * H, H, H, panel_h, ah);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const int64_t b = b0 + r;
@@ -408,7 +445,7 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* wih
         const V ng = tanh_v((f2 + ai[r][2]) + rg * (ah[r][2] + bn));
         const V hnew = ng + zg * (hp - ng);
         store<T>(h_n + b * H + j0, hnew, n);
-        store<T>(y + b * H + j0, hnew, n);
+        if (y != h_n) store<T>(y + b * H + j0, hnew, n);
       }
     });
   }
@@ -539,6 +576,16 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
 
 // ------------------------------------------------------------------------------------------------ bindings
 
+// A time step is split over two threads (hidden-unit panels, one barrier per step) when torch allows two threads
+// (torch.set_num_threads / OMP_NUM_THREADS) and the step holds at least this many FLOPs: below it the barrier's
+// cost (about a microsecond when both cores are free) eats the gain. B = 1 at H = 256 is 0.39 MFLOP per step.
+constexpr double kSplitFlops = 3e5;
+
+// Threads for a loop whose step multiplies B rows by a (3H, H + I) matrix.
+int team_size(int64_t B, int64_t H, int64_t I) {
+  return at::get_num_threads() >= 2 && 2.0 * B * 3 * H * (H + I) >= kSplitFlops ? 2 : 1;
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh) {
   TORCH_CHECK(x.device().is_cpu(), "grukit cpu backend: x must be a CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -641,13 +688,139 @@ std::vector<at::Tensor> gru_step(const at::Tensor& x_in /* (1, B, I) */, const a
     TORCH_CHECK(wpack_ih.is_contiguous() && wpack_ih.numel() == P * I * 3 * N && wpack_hh.is_contiguous() &&
                     wpack_hh.numel() == P * H * 3 * N,
                 "grukit cpu step: packed weights do not match x and h0");
-    step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), wpack_ih.data_ptr<scalar_t>(),
-                          wpack_hh.data_ptr<scalar_t>(), fold.has_value() ? fold->data_ptr<scalar_t>() : nullptr,
-                          b_hn.has_value() ? b_hn->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
-                          h_n.data_ptr<scalar_t>(), B, I, H);
+    grukit::Team::instance().run(team_size(B, H, I), [&](const Part& part) {
+      step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), wpack_ih.data_ptr<scalar_t>(),
+                            wpack_hh.data_ptr<scalar_t>(), fold.has_value() ? fold->data_ptr<scalar_t>() : nullptr,
+                            b_hn.has_value() ? b_hn->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+                            h_n.data_ptr<scalar_t>(), B, I, H, part.begin(P), part.end(P));
+    });
   });
   return {y, h_n};
 }
+
+// W (3H, K) of float32 packed like pack_ih / pack_hh(w, true), (P, K, 3, N), rounded to bfloat16 (an int16 tensor).
+at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */) {
+  TORCH_CHECK(w_in.scalar_type() == at::kFloat, "grukit stepper: bfloat16 weights need a float32 model, got ",
+              w_in.scalar_type());
+  const at::Tensor w = w_in.contiguous();
+  const int64_t H = w.size(0) / 3, K = w.size(1);
+  constexpr int N = Simd<float>::N;
+  at::Tensor out = at::empty({(H + N - 1) / N * K * 3 * N}, w.options().dtype(at::kShort));
+  pack_gate_panels<float, bf16_t>(w.data_ptr<float>(), K, H, 0, 3, reinterpret_cast<bf16_t*>(out.data_ptr<int16_t>()));
+  return out;
+}
+
+// A streaming stepper bound to a stack of layers (reset_after form): every layer's weights packed once (optionally
+// as bfloat16, float32 models only: half the bytes per step, products and gates still in float32), and all layers
+// of one time step in one call with no ATen call but the two output allocations. It keeps the tensors it was built
+// from (`watched`) with their version counters and data pointers, and step() returns None instead of a result once
+// one of them changed (the Python side raises, naming it).
+class Stepper {
+ public:
+  // layers: per layer [w_ih (3H, I_l), w_hh (3H, H)] or [w_ih, w_hh, b_ih (3H,), b_hh (3H,)], all of one dtype.
+  Stepper(const std::vector<std::vector<at::Tensor>>& layers, const std::vector<at::Tensor>& watched, bool bf16)
+      : watched_(watched), bf16_(bf16) {
+    at::NoGradGuard no_grad;
+    TORCH_CHECK(!layers.empty(), "grukit stepper: no layers");
+    H_ = layers[0][1].size(1);
+    dtype_ = layers[0][0].scalar_type();
+    for (const auto& w : layers) {
+      TORCH_CHECK((w.size() == 2 || w.size() == 4) && w[1].dim() == 2 && w[1].size(0) == 3 * H_ &&
+                      w[1].size(1) == H_ && w[0].dim() == 2 && w[0].size(0) == 3 * H_,
+                  "grukit stepper: each layer needs w_ih (3H, I) and w_hh (3H, H) of one H, and optionally both biases");
+      for (const auto& t : w)
+        TORCH_CHECK(t.scalar_type() == dtype_ && t.device().is_cpu(), "grukit stepper: CPU weights of one dtype");
+      Layer layer{bf16 ? pack_bf16(w[0]) : pack_ih(w[0]), bf16 ? pack_bf16(w[1]) : pack_hh(w[1], true), at::Tensor(),
+                  at::Tensor(), w[0].size(1)};
+      if (w.size() == 4) {
+        auto folded = fold_bias(w[2], w[3], true);
+        layer.fold = folded[0];
+        layer.b_hn = folded[1];
+      }
+      layers_.push_back(layer);
+    }
+    for (const auto& t : watched_) stamps_.emplace_back(t._version(), t.data_ptr());
+  }
+
+  // The index in `watched` of the first tensor changed since packing (version counter or storage), or -1.
+  int64_t changed() const {
+    for (size_t i = 0; i < watched_.size(); ++i)
+      if (watched_[i]._version() != stamps_[i].first || watched_[i].data_ptr() != stamps_[i].second)
+        return static_cast<int64_t>(i);
+    return -1;
+  }
+
+  // x: (B, I) or unbatched (I,); h: (L, B, H) or (L, H) -> (y: (B, H) or (H,), h_n like h), or None when stale.
+  py::object step(const at::Tensor& x_in, const at::Tensor& h_in) {
+    if (changed() >= 0) return py::none();
+    const int64_t L = static_cast<int64_t>(layers_.size());
+    const bool batched = x_in.dim() == 2;
+    TORCH_CHECK((x_in.dim() == 1 || batched) && h_in.dim() == x_in.dim() + 1,
+                "grukit stepper: x must be (batch, input_size) with state (num_layers, batch, hidden_size), or "
+                "unbatched (input_size,) with state (num_layers, hidden_size); got x ", x_in.sizes(), " and state ",
+                h_in.sizes());
+    const int64_t B = batched ? x_in.size(0) : 1;
+    TORCH_CHECK(x_in.size(-1) == layers_[0].in && h_in.size(0) == L && h_in.size(-1) == H_ &&
+                    (!batched || h_in.size(1) == B),
+                "grukit stepper: expected x (..., ", layers_[0].in, ") and state (", L, ", ..., ", H_, ") for ", B,
+                " sequences; got x ", x_in.sizes(), " and state ", h_in.sizes());
+    TORCH_CHECK(x_in.scalar_type() == dtype_ && h_in.scalar_type() == dtype_ && x_in.device().is_cpu() &&
+                    h_in.device().is_cpu(),
+                "grukit stepper: x and state must be CPU tensors of the weights' dtype ", dtype_, "; got ",
+                x_in.scalar_type(), " and ", h_in.scalar_type());
+    TORCH_CHECK(!at::GradMode::is_enabled() || !(x_in.requires_grad() || h_in.requires_grad()),
+                "grukit stepper: inference only (it records no autograd graph); use gru.step(x, state) to "
+                "backpropagate through steps");
+    const at::Tensor x = x_in.contiguous(), h = h_in.contiguous();
+    at::Tensor y = batched ? at::empty({B, H_}, x.options()) : at::empty({H_}, x.options());
+    at::Tensor h_n = at::empty(h.sizes(), x.options());
+    int64_t inputs = 0;  // the input widths of all layers, for the FLOP count
+    for (const auto& layer : layers_) inputs += layer.in;
+    AT_DISPATCH_FLOATING_TYPES(dtype_, "grukit_stepper", [&] {
+      constexpr int N = Simd<scalar_t>::N;
+      const int64_t P = (H_ + N - 1) / N;
+      // One layer with weights of scalar_t, or bfloat16 when `rounded` holds true (float32 only: the constructor
+      // refuses bfloat16 for float64, so that combination compiles to the plain kernel and never runs).
+      auto layer_step = [&](auto rounded, const Layer& w, const scalar_t* in, scalar_t* y_out, scalar_t* out,
+                            const scalar_t* h_l, const Part& part) {
+        using Wt = std::conditional_t<decltype(rounded)::value && std::is_same_v<scalar_t, float>, bf16_t, scalar_t>;
+        const Wt* wih = static_cast<const Wt*>(w.wih.data_ptr());
+        const Wt* whh = static_cast<const Wt*>(w.whh.data_ptr());
+        step_kernel<scalar_t, Wt>(in, h_l, wih, whh, w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr,
+                                  w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr, y_out, out, B, w.in, H_,
+                                  part.begin(P), part.end(P));
+      };
+      grukit::Team::instance().run(team_size(B * L, H_, inputs / L), [&](const Part& part) {
+        const scalar_t* in = x.data_ptr<scalar_t>();
+        for (int64_t l = 0; l < L; ++l) {
+          scalar_t* out = h_n.data_ptr<scalar_t>() + l * B * H_;
+          scalar_t* y_out = l + 1 == L ? y.data_ptr<scalar_t>() : out;
+          const scalar_t* h_l = h.data_ptr<scalar_t>() + l * B * H_;
+          if (bf16_) {
+            layer_step(std::true_type{}, layers_[l], in, y_out, out, h_l, part);
+          } else {
+            layer_step(std::false_type{}, layers_[l], in, y_out, out, h_l, part);
+          }
+          if (l + 1 < L) part.sync();  // the next layer reads every unit of this one's output
+          in = out;
+        }
+      });
+    });
+    return py::make_tuple(y, h_n);
+  }
+
+ private:
+  struct Layer {
+    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), (P, H, 3, N); folded biases or undefined
+    int64_t in;                       // input width I of this layer
+  };
+  std::vector<Layer> layers_;
+  std::vector<at::Tensor> watched_;
+  std::vector<std::pair<int64_t, const void*>> stamps_;
+  bool bf16_ = false;
+  int64_t H_ = 0;
+  at::ScalarType dtype_ = at::kFloat;
+};
 
 // Returns (y, h_n, gates, hs); gates and hs are empty unless train.
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, const at::Tensor& h0_in /* (B, H) */,
@@ -708,8 +881,10 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = train ? hs.data_ptr<scalar_t>() : nullptr;
     auto run = [&](auto kernel) {
-      kernel(gi.data_ptr<scalar_t>(), wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
-             h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse);
+      grukit::Team::instance().run(team_size(B, H, 0), [&](const Part& part) {
+        kernel(gi.data_ptr<scalar_t>(), wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
+               h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, part);
+      });
     };
     if (reset_after) {
       train ? run(forward_loop<scalar_t, true, true>) : run(forward_loop<scalar_t, true, false>);
@@ -794,6 +969,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_ih", &pack_ih, "W_ih packed for step (cache it while the weight is unchanged)");
   m.def("fold_bias", &fold_bias, "(b_ih with the recurrent r/z biases folded in, b_hn or an empty tensor)");
   m.def("step", &gru_step, "one streaming step, reset_after, no lengths: (y (1, B, H), h_n (B, H))");
+  py::class_<Stepper>(m, "Stepper", "all layers of a streaming step from weights packed once (see Stepper)")
+      .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool>(),
+           py::arg("layers"), py::arg("watched"), py::arg("bf16") = false)
+      .def("step", &Stepper::step, "(y, h_n), or None when a watched tensor changed", py::arg("x"), py::arg("h"))
+      .def("changed", &Stepper::changed, "index of the first watched tensor changed since packing, or -1");
+  m.def("split_flops", [] { return kSplitFlops; }, "FLOPs per step from which a step is split over two threads");
+  m.def("split_jobs", [] { return grukit::Team::instance().split_jobs(); }, "kernel calls run on two threads so far");
+  m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
+        "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
+        "torch allows two threads and the step is large enough", py::arg("mode"));
   m.def("backward", &gru_backward, "GRU layer backward: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)");
   m.def("vector_bytes", [] { return kVecBytes; }, "SIMD vector width in bytes the extension was built for");
 }

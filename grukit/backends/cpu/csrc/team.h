@@ -1,0 +1,173 @@
+// A pair of threads for one kernel call: the calling thread and one persistent worker, with a barrier that spins
+// for a few microseconds and then sleeps on a condition variable (so a busy second core costs a futex wake, never
+// a spinning thread that steals the core its partner needs).
+//
+// Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the worker. The job runs on
+// one thread instead when n is 1, when the worker is serving another caller (two Python threads calling kernels at
+// once), after a fork (the child has no worker), or while backing off: when a quarter of a job's barriers had to
+// sleep (the other core is busy, so each step would wait for a descheduled partner), the next kBackoffJobs jobs run
+// on one thread and then two threads are tried again. set_mode() pins the choice (tests, benchmarks). Inside a job,
+// part.sync() is a barrier of the job's threads. Results never depend on the thread count: the kernels give each
+// hidden unit to one thread with the same arithmetic.
+
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GRUKIT_PAUSE() _mm_pause()
+#else
+#define GRUKIT_PAUSE() std::this_thread::yield()
+#endif
+
+namespace grukit {
+
+// A counter that threads wait on to change: a short spin, then a sleep (notified only when someone sleeps).
+class Signal {
+ public:
+  uint32_t get() const { return value_.load(std::memory_order_seq_cst); }
+
+  void publish(uint32_t v) {
+    value_.store(v, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cv_.notify_all();
+    }
+  }
+
+  // Returns once the value differs from `old`: spins up to spin_ns, then sleeps. Returns whether it slept.
+  bool wait_while(uint32_t old, int64_t spin_ns) {
+    if (get() != old) return false;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 1;; ++i) {
+      GRUKIT_PAUSE();
+      if (get() != old) return false;
+      if ((i & 63) == 0 && std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(spin_ns)) break;
+    }
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return get() != old; });
+    }
+    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    return true;
+  }
+
+ private:
+  std::atomic<uint32_t> value_{0};
+  std::atomic<int> sleepers_{0};
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
+
+class Team;
+
+// One thread's share of a job: its id, the team size, and the barrier.
+struct Part {
+  int tid = 0;
+  int n = 1;
+  Team* team = nullptr;
+  // [begin, end) of `count` items split evenly over the team.
+  int64_t begin(int64_t count) const { return count * tid / n; }
+  int64_t end(int64_t count) const { return count * (tid + 1) / n; }
+  inline void sync() const;
+};
+
+class Team {
+ public:
+  static constexpr int64_t kBarrierSpinNs = 5000;  // a step's two halves finish within this of each other
+  static constexpr int64_t kIdleSpinNs = 30000;    // the worker waits this long for the next call (streaming)
+  static constexpr int kBackoffJobs = 64;
+  enum Mode { kNever = 0, kAuto = 1, kAlways = 2 };
+
+  static Team& instance() {
+    static Team* team = [] {
+      pthread_atfork(nullptr, nullptr, [] { forked_ = true; });  // the worker thread does not survive a fork
+      return new Team();  // never destroyed: the worker runs until the process exits
+    }();
+    return *team;
+  }
+
+  // Runs job(Part) on min(n, 2) threads; see the file comment.
+  template <typename F>
+  void run(int n, F&& job) {
+    const int mode = mode_.load(std::memory_order_relaxed);
+    if (n < 2 || mode == kNever || forked_ || (mode == kAuto && backoff_ > 0) || !busy_.try_lock()) {
+      if (n >= 2 && mode == kAuto && backoff_ > 0) --backoff_;  // callers may race here: the count is a heuristic
+      job(Part{0, 1, this});
+      return;
+    }
+    std::lock_guard<std::mutex> held(busy_, std::adopt_lock);
+    split_jobs_.fetch_add(1, std::memory_order_relaxed);
+    if (!worker_.joinable()) worker_ = std::thread([this, start = jobs_.get()] { loop(start); });
+    call_ = [](void* ctx, Part part) { (*static_cast<std::remove_reference_t<F>*>(ctx))(part); };
+    ctx_ = &job;
+    const uint32_t done = done_.get();
+    jobs_.publish(jobs_.get() + 1);
+    job(Part{0, 2, this});
+    ++syncs_;
+    if (done_.wait_while(done, kIdleSpinNs)) ++slept_;
+    if (syncs_ >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
+      if (4 * slept_ > syncs_) backoff_ = kBackoffJobs;
+      syncs_ = slept_ = 0;
+    }
+  }
+
+  void set_mode(int mode) {
+    mode_ = mode;
+    backoff_ = 0;
+  }
+
+  // How many jobs ran on two threads (the tests' window on the split).
+  uint64_t split_jobs() const { return split_jobs_.load(std::memory_order_relaxed); }
+
+  // The barrier of a two-thread job: the second arrival releases the first.
+  void sync() {
+    const uint32_t gen = barrier_.get();
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      barrier_.publish(gen + 1);
+    } else {
+      ++syncs_;  // only the first arrival counts, so each barrier once
+      if (barrier_.wait_while(gen, kBarrierSpinNs)) slept_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+ private:
+  void loop(uint32_t seen /* the job count before this thread's first job */) {
+    for (;;) {
+      jobs_.wait_while(seen, kIdleSpinNs);
+      seen = jobs_.get();
+      call_(ctx_, Part{1, 2, this});
+      done_.publish(done_.get() + 1);
+    }
+  }
+
+  static inline std::atomic<bool> forked_{false};
+  std::mutex busy_;  // held by the caller whose job the worker serves
+  std::thread worker_;
+  void (*call_)(void*, Part) = nullptr;
+  void* ctx_ = nullptr;
+  Signal jobs_, done_, barrier_;
+  std::atomic<int> arrived_{0};
+  std::atomic<uint64_t> split_jobs_{0};
+  std::atomic<int> mode_{kAuto};
+  std::atomic<int> backoff_{0};     // jobs left to run on one thread (kAuto)
+  std::atomic<int> syncs_{0};       // waits since the last judgement: barriers (by their first arrival), job ends
+  std::atomic<int> slept_{0};       // of which the waiting thread had to sleep
+};
+
+inline void Part::sync() const {
+  if (n > 1) team->sync();
+}
+
+}  // namespace grukit
