@@ -152,7 +152,7 @@ def classify_case(opts: argparse.Namespace) -> None:
         print(log)
         whole = run("classify", [*common, "name=whole"], limit, folder, "whole")
         print(whole["last"])
-    held = next((line for line in log.splitlines() if "grukit classify train:" in line), "")
+    held = next((line for line in log.splitlines() if "grukit classify train:" in line), "").split("; run folder")[0]
     section = f"""{CLASSIFY_START}
 ## Classify data bigger than memory (bench/memory.py --case classify)
 
@@ -169,7 +169,7 @@ cores, 1 torch thread, `GRUKIT_BACKEND=reference`, `ARROW_DEFAULT_MEMORY_POOL=sy
 
 The streamed run reads chunks of 10,000 rows (a sequence crossing a chunk's end waits for the next chunk's
 rows) in three passes: the checks, the classes and the split; the held-out sequences (in memory: keep them few)
-and the feature scaling; then each epoch's training sequences through a shuffle buffer of 4,096 sequences.
+and the feature scaling; then each epoch's training sequences through a shuffle buffer of 1,024 sequences.
 Its description line: `{held[:300]}`
 Last line of the whole-file run: `{whole['last'][:200]}`
 {CLASSIFY_END}"""

@@ -291,12 +291,13 @@ def _example(key: str) -> str:
 
 
 def resolve(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``base`` (default: the defaults of the task in ``overrides``, else forecast's) updated with the checked
-    ``overrides``; raises ConfigError."""
+    """``base`` (default: the defaults of the task in ``overrides``, else forecast's; keys it lacks: its task's
+    defaults) updated with the checked ``overrides``; raises ConfigError."""
     if base is None:
         task = (overrides or {}).get("task", "forecast")
         base = defaults(check_value("task", task))
-    config = dict(base)
+    # A base saved by an older grukit (a checkpoint's config) lacks keys added since: they take their defaults.
+    config = {**defaults(check_value("task", base.get("task", "forecast"))), **base}
     for key, value in (overrides or {}).items():
         config[key] = check_value(key, value)
     return config

@@ -120,6 +120,8 @@ GOOD = "seq,step,x,y,label\n" + ROWS
         "seq,step,x,y,label\n" + ROWS.replace("cat", ""),
         "seq,step,x,y,label\n" + ROWS.replace("dog", "cat"),
     ],
+    ids=["not a number", "label changes", "step twice", "missing value", "missing step", "bad split", "no label",
+         "one class"],
 )
 def test_bad_data_gives_the_in_memory_error(tmp_path, text):
     path = _bad(text, tmp_path)

@@ -118,3 +118,11 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs" / "forecast" / "train").exists()  # nothing written for a rejected command
+
+
+def test_a_config_saved_before_a_key_existed_gets_its_default():
+    old = {k: v for k, v in defaults("classify").items() if k not in ("beam", "devices")}
+    config = resolve({"epochs": 3}, base=old)
+    assert config["beam"] == defaults("classify")["beam"]
+    assert config["devices"] == 1
+    assert config["epochs"] == 3

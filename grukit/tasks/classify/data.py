@@ -55,11 +55,11 @@ class Sequences:
         return replace(self, ids=ids, values=values, offsets=offsets, labels=labels, split=split)
 
 
-def padded(rows: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences ``rows`` (B of them, (L_b, F) each) standardised and zero-padded: (T, B, F) float32 and
-    lengths (B,) int64."""
+def padded(rows: list[np.ndarray], mean: np.ndarray | float, std: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences ``rows`` (B of them, (L_b, F) each) standardised ((F,) or scalar ``mean`` and ``std``) and
+    zero-padded: (T, B, F) float32 and lengths (B,) int64."""
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    out = np.zeros((int(lengths.max()), len(rows), len(mean)), dtype=np.float32)
+    out = np.zeros((int(lengths.max()), len(rows), rows[0].shape[1]), dtype=np.float32)
     for b, r in enumerate(rows):
         out[: lengths[b], b] = (r - mean) / std
     return out, lengths

@@ -48,7 +48,7 @@ from grukit.tasks.forecast.data import Table
 from grukit.tasks.tables import Moments, file_tables
 
 CHUNK_ROWS = 10_000  # rows read at a time (wide rows of many features: 10,000 rows of 200 take 16 MB)
-SHUFFLE = 4096  # training sequences the shuffle buffer holds
+SHUFFLE = 1024  # training sequences the shuffle buffer holds (standardised, float32)
 
 
 def _rows(table: Table, start: int, stop: int) -> Table:
@@ -171,7 +171,8 @@ class SequenceStream:
             for seqs in self.sequences():
                 train = np.flatnonzero(self.parts(seqs) == "train")
                 for s in rng.permutation(train)[: self._drawn(len(train))]:
-                    buffer.append((seqs.values[seqs.offsets[s] : seqs.offsets[s + 1]].copy(), lookup[seqs.labels[s]]))
+                    rows = (seqs.values[seqs.offsets[s] : seqs.offsets[s + 1]] - mean) / std
+                    buffer.append((rows.astype(np.float32), lookup[seqs.labels[s]]))
                     if len(buffer) == SHUFFLE:
                         pick = int(rng.integers(SHUFFLE))
                         buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
@@ -181,14 +182,15 @@ class SequenceStream:
         for item in drawn():
             chosen.append(item)
             if len(chosen) == batch:
-                yield _collate(chosen, mean, std)
+                yield _collate(chosen)
                 chosen = []
         if chosen:
-            yield _collate(chosen, mean, std)
+            yield _collate(chosen)
 
 
-def _collate(items: list[tuple[np.ndarray, int]], mean: np.ndarray, std: np.ndarray) -> dict[str, Tensor]:
-    x, lengths = padded([values for values, _ in items], mean, std)
+def _collate(items: list[tuple[np.ndarray, int]]) -> dict[str, Tensor]:
+    """A batch of standardised sequences and their class indices (see ``SequenceStream.batches``)."""
+    x, lengths = padded([values for values, _ in items], 0.0, 1.0)
     y = np.array([label for _, label in items], dtype=np.int64)
     return {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths), "y": torch.from_numpy(y)}
 
