@@ -8,8 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
+from grukit.data.bundled import names as bundled_names
+from grukit.errors import ConfigError, DataError
 from grukit.tasks.forecast.data import PARQUET_SUFFIXES, Table, csv_tables
 from grukit.tasks.forecast.parquet import iter_parquet
+
+
+def stream_path(data: str) -> Path:
+    """The file ``data`` (a config's data value) that ``stream=true`` reads chunk by chunk; ConfigError for a
+    bundled dataset (they load whole), DataError when it is not a file."""
+    if data == "auto" or data in bundled_names():
+        raise ConfigError("stream=true reads a CSV or Parquet file chunk by chunk; bundled datasets load whole")
+    path = Path(data).expanduser()
+    if not path.is_file():
+        raise DataError(f"data {data!r} is not a file; stream=true needs a CSV or Parquet file")
+    return path
 
 
 def file_tables(path: Path, chunk_rows: int) -> Iterator[Table]:

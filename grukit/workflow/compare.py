@@ -68,7 +68,7 @@ def train_each(model_cls: type, cfg: dict[str, Any], folder: Path) -> tuple[dict
         if cfg["verbose"]:
             print(f"compare: training {arch} ({i}/{len(cfg['models'])}) into {folder / arch}", file=sys.stderr)
         model = model_cls(cfg["task"], **shared, model=arch, name=arch)
-        model._run_parent = folder
+        model.run_parent = folder
         cpu = time.process_time()
         with contextlib.redirect_stdout(sys.stderr):
             reports[arch] = model.train()

@@ -8,6 +8,8 @@ one); the command line prints that one line and exits with status 2.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import re
 import sys
@@ -32,7 +34,7 @@ MODES = ("train", "val", "predict", "export", "benchmark", "compare")
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key accepts. kind: int, float, bool, str, choice, device, name, columns, quantiles."""
+    """What one key accepts. kind: int, float, bool, str, choice, device, name, columns, quantiles, model, models."""
 
     kind: str
     low: float | None = None  # smallest valid number (int, float)
@@ -114,7 +116,7 @@ RULES: dict[str, Rule] = {
     "series": Rule("str"),
     "backtest": _int(0),
     "stream": Rule("bool"),
-    "sample": _float(0.0, 1.0),
+    "sample": _float(1e-6, 1.0),
     "source": Rule("str"),
     "format": Rule("choice", choices=("onnx", "torchscript")),
     "id": Rule("str"),
@@ -141,11 +143,16 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults_file() -> dict[str, Any]:
+    with DEFAULTS_PATH.open("rb") as handle:
+        return tomllib.load(handle)
+
+
 def defaults(task: str = "forecast") -> dict[str, Any]:
     """Every key and its default for ``task``, read from ``defaults.toml`` (a fresh dict on each call): the
     top-level keys, updated with the task's own table (``[classify]``) where the file has one."""
-    with DEFAULTS_PATH.open("rb") as handle:
-        values = tomllib.load(handle)
+    values = copy.deepcopy(_defaults_file())
     tables = {name: values.pop(name) for name in TASKS if isinstance(values.get(name), dict)}
     values.update(tables.get(task, {}), task=task)
     return values
@@ -249,14 +256,17 @@ def check_value(key: str, value: Any) -> Any:
         raise _bad(key, value, rule)
     if kind == "name" and (not value or re.search(r"[/\\\s\x00-\x1f\x7f]", value) or value in (".", "..")):
         raise _bad(key, value, rule)
-    if kind == "model" and not _checkpoint_like(value):
+    if kind == "model" and not checkpoint_like(value):
         check_architecture(value)
     return value
 
 
-def _checkpoint_like(value: str) -> bool:
+def checkpoint_like(value: str) -> bool:
     """Whether a model value names a checkpoint (a path, a .safetensors file or an existing folder), not an
-    architecture; whether the file is a grukit checkpoint is checked when it is loaded."""
+    architecture (an architecture's name always means the architecture, even where a folder has that name);
+    whether the file is a grukit checkpoint is checked when it is loaded."""
+    if value in ARCHITECTURES:
+        return False
     return "/" in value or "\\" in value or value.endswith(".safetensors") or Path(value).expanduser().exists()
 
 
@@ -294,10 +304,9 @@ def resolve(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] 
     """``base`` (default: the defaults of the task in ``overrides``, else forecast's; keys it lacks: its task's
     defaults) updated with the checked ``overrides``; raises ConfigError."""
     if base is None:
-        task = (overrides or {}).get("task", "forecast")
-        base = defaults(check_value("task", task))
-    # A base saved by an older grukit (a checkpoint's config) lacks keys added since: they take their defaults.
-    config = {**defaults(check_value("task", base.get("task", "forecast"))), **base}
+        config = defaults(check_value("task", (overrides or {}).get("task", "forecast")))
+    else:  # a base saved by an older grukit (a checkpoint's config) lacks keys added since: they take their defaults
+        config = {**defaults(check_value("task", base.get("task", "forecast"))), **base}
     for key, value in (overrides or {}).items():
         config[key] = check_value(key, value)
     return config

@@ -34,7 +34,7 @@ from grukit.workflow import benchmark as benchmarking
 from grukit.workflow import compare as comparison
 from grukit.workflow import distributed
 from grukit.workflow.checkpoints import load_checkpoint, save_checkpoint
-from grukit.workflow.config import resolve
+from grukit.workflow.config import checkpoint_like, resolve
 from grukit.workflow.export import batch_size
 from grukit.workflow.runs import find_resume_dir, new_folder, new_run_dir
 from grukit.workflow.trainer import fit
@@ -96,8 +96,9 @@ class Model:
         self.checkpoint: Path | None = None
         self.run_dir: Path | None = None  # the training run (train, resume)
         self.output_dir: Path | None = None  # the folder the last train, val or predict wrote
+        self.run_parent: Path | None = None  # where train puts its run folder (None: PROJECT/TASK; compare sets it)
         model = self.cfg["model"]
-        if model.endswith(".safetensors") or Path(model).is_dir():
+        if checkpoint_like(model):
             self._load(model)
             self.cfg = resolve({k: v for k, v in cfg.items() if k in REAPPLIED}, base=self.cfg)
 
@@ -105,7 +106,7 @@ class Model:
     def load(cls, path: str | os.PathLike[str]) -> Model:
         """A trained model from a checkpoint: a .safetensors file or a run folder (its weights/best)."""
         model = cls.__new__(cls)
-        model.run_dir, model.output_dir, model.given = None, None, {}
+        model.run_dir, model.output_dir, model.run_parent, model.given = None, None, None, {}
         model._load(path)
         return model
 
@@ -150,14 +151,15 @@ class Model:
             if cfg["resume"] or (job_dir and (job_dir / "weights" / "last.safetensors").is_file()):
                 run_dir = job_dir or group.from_main(lambda: find_resume_dir(cfg["project"], cfg["task"], cfg["name"]))
                 tensors, optim, meta = load_checkpoint(run_dir / "weights" / "last.safetensors")
-                changed = [k for k in given if k not in RESUMABLE and cfg[k] != meta["config"][k] and not job_dir]
+                saved = resolve({}, base=meta["config"])
+                changed = [] if job_dir else [k for k in given if k not in RESUMABLE and cfg[k] != saved[k]]
                 if changed:
                     key = changed[0]
                     raise ConfigError(
                         f"resume continues {run_dir} with its own settings; {key}={given[key]!r} differs from "
-                        f"its {meta['config'][key]!r}: drop it, or train a new run without resume"
+                        f"its {saved[key]!r}: drop it, or train a new run without resume"
                     )
-                cfg = resolve({k: cfg[k] for k in RESUMABLE if k in given or k == "resume"}, base=meta["config"])
+                cfg = resolve({k: cfg[k] for k in RESUMABLE if k in given or k == "resume"}, base=saved)
                 task = task_cls.prepare(cfg, meta["task_meta"])
                 net = task_cls.build_network(task.cfg, meta["task_meta"])
                 net.load_state_dict(tensors)
@@ -169,7 +171,7 @@ class Model:
                 net = task_cls.build_network(task.cfg, task.meta())
                 if self.net is not None:  # fine-tune a loaded model
                     net.load_state_dict(self.net.state_dict())
-                parent = getattr(self, "_run_parent", None) or Path(cfg["project"]) / cfg["task"]  # set by compare
+                parent = self.run_parent or Path(cfg["project"]) / cfg["task"]
                 name = cfg["mode"] if cfg["name"] == "auto" else cfg["name"]
                 run_dir = job_dir or group.from_main(lambda: new_folder(parent, name))
                 resume = None
@@ -216,10 +218,11 @@ class Model:
 
     def _train_in_workers(self, cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         """``train(**overrides)`` in cfg["devices"] DDP worker processes; this Model then holds rank 0's result."""
-        if not cfg["resume"]:  # bad data fails here, in seconds, not after starting the workers
+        if not cfg["resume"] and not cfg["stream"]:  # bad data fails here, in seconds, not after starting the workers
             get_task(cfg["task"]).prepare(cfg, self.meta)
         checkpoint = str(self.checkpoint) if self.net is not None and self.checkpoint else None
-        args = (self.cfg["task"], self.given, overrides, checkpoint)
+        parent = str(self.run_parent) if self.run_parent else None
+        args = (self.cfg["task"], self.given, overrides, checkpoint, parent)
         report, run_dir = distributed.spawn(_train_worker, args, cfg["devices"])
         self._load(run_dir)
         self.run_dir = self.output_dir = Path(run_dir)
@@ -330,6 +333,8 @@ class Model:
         given = {**self.given, **overrides}
         if self.net is not None or "model" in given:
             raise ConfigError("compare trains each architecture from scratch: drop model=, choose with models=gru,lstm")
+        if given.get("resume"):
+            raise ConfigError("compare trains new runs: drop resume= (resume one of its runs with train resume=True)")
         cfg = resolve({**overrides, "mode": "compare"}, base=self.cfg)
         cfg["data"] = _absolute_data(cfg["data"])
         comparison.check_buildable(cfg)  # every architecture, before any training or folder
@@ -381,10 +386,12 @@ class Model:
 
 
 def _train_worker(
-    task: str, given: dict[str, Any], overrides: dict[str, Any], checkpoint: str | None
+    task: str, given: dict[str, Any], overrides: dict[str, Any], checkpoint: str | None, parent: str | None
 ) -> tuple[dict[str, Any], str]:
-    """One worker of ``Model.train(devices=N)``: the same Model trained in this process's place in the group;
+    """One worker of ``Model.train(devices=N)``: the same Model (fine-tuning ``checkpoint`` when given, with
+    the user's keys; runs under ``parent`` when compare set one) trained in this process's place in the group;
     (report, run folder) on rank 0."""
-    model = Model.load(checkpoint) if checkpoint else Model(task, **given)
+    model = Model(task, **{**given, "model": checkpoint}) if checkpoint else Model(task, **given)
+    model.run_parent = Path(parent) if parent else None
     report = model.train(**overrides)
     return report, str(model.run_dir)

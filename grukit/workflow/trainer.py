@@ -96,8 +96,9 @@ def fit(
     steps = task.steps_per_epoch(cfg["batch"])
     total = cfg["epochs"] * steps
     weights = run_dir / "weights"
-    if group.main:
+    if group.main:  # a run killed mid-write left these (checkpoints in weights/, results.csv, config.json)
         remove_stale_temporaries(weights)
+        remove_stale_temporaries(run_dir)
     metric = f"val_{task.monitor}"
     model = group.wrap(net)
     verbose = cfg["verbose"] and group.main

@@ -126,3 +126,37 @@ def test_a_config_saved_before_a_key_existed_gets_its_default():
     assert config["beam"] == defaults("classify")["beam"]
     assert config["devices"] == 1
     assert config["epochs"] == 3
+
+
+def test_sample_zero_is_refused_by_the_config():
+    with pytest.raises(ConfigError, match="bad value for sample"):
+        parse_args(["sample=0"])
+
+
+def test_a_misspelt_run_folder_is_reported_as_a_missing_checkpoint(tmp_path):
+    with pytest.raises(grukit.errors.GrukitError, match="not found"):
+        grukit.Model("forecast", model=str(tmp_path / "runs" / "forecast" / "trian"))
+
+
+def test_an_architecture_name_means_the_architecture_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lstm").mkdir()
+    assert grukit.Model("forecast", model="lstm").cfg["model"] == "lstm"
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "message"),
+    [
+        ("forecast", {"resume": True}, "compare trains new runs"),
+        ("seq2seq", {"stream": True}, "seq2seq reads its pairs whole"),
+        ("classify", {"sample": 0.5}, "with stream=true only"),
+    ],
+)
+def test_keys_a_mode_cannot_honour_are_refused(task, args, message, tmp_path):
+    model = grukit.Model(task, project=str(tmp_path), verbose=False, epochs=1)
+    with pytest.raises(ConfigError, match=message):
+        if "resume" in args:
+            model.compare(**args)
+        else:
+            model.train(**args)
+    assert not any(tmp_path.iterdir())  # refused before any run folder

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grukit.data.bundled import names as bundled_names
-from grukit.errors import ConfigError, DataError
+from grukit.errors import DataError
 from grukit.tasks.classify.data import (
     Columns,
     Sequences,
@@ -45,7 +44,7 @@ from grukit.tasks.classify.data import (
     text_values,
 )
 from grukit.tasks.forecast.data import Table
-from grukit.tasks.tables import Moments, file_tables
+from grukit.tasks.tables import Moments, file_tables, stream_path
 
 CHUNK_ROWS = 10_000  # rows read at a time (wide rows of many features: 10,000 rows of 200 take 16 MB)
 SHUFFLE = 1024  # training sequences the shuffle buffer holds (standardised, float32)
@@ -198,15 +197,9 @@ def _collate(items: list[tuple[np.ndarray, int]]) -> dict[str, Tensor]:
 def open_stream(cfg: dict[str, Any], given: dict[str, Any]) -> tuple[SequenceStream, set[str], str | None]:
     """Scan the file cfg["data"] (every check, see the module docstring) with the columns ``given`` (the config,
     or a checkpoint's meta): the stream, the labels met and the first sequence without one (None when none).
-    ConfigError for a bundled dataset or sample <= 0."""
+    ConfigError for a bundled dataset."""
     data = cfg["data"]
-    if data == "auto" or data in bundled_names():
-        raise ConfigError("stream=true reads a CSV or Parquet file chunk by chunk; bundled datasets load whole")
-    if cfg["sample"] <= 0:
-        raise ConfigError(f"bad value for sample: {cfg['sample']} is not in (0, 1]; e.g. sample=0.1")
-    path = Path(data).expanduser()
-    if not path.is_file():
-        raise DataError(f"data {data!r} is not a file; stream=true needs a CSV or Parquet file")
+    path = stream_path(data)
     tables = file_tables(path, CHUNK_ROWS)
     first = next(tables)
     columns = resolve_columns(first, given["id"], given["time"], given["label"], given["features"])

@@ -88,8 +88,10 @@ class ClassifyTask:
         split (or take the trained model's from ``meta``, checking that the data has its columns and no class it
         was not trained on)."""
         cfg = dict(cfg)
-        if cfg.get("stream") and cfg["mode"] == "train":  # .get: configs saved before the stream key
+        if cfg["stream"] and cfg["mode"] == "train":
             return ClassifyTask._prepare_stream(cfg, meta)
+        if cfg["sample"] != 1.0 and cfg["mode"] == "train":
+            raise ConfigError("sample= draws a share of the training sequences with stream=true only; add stream=true")
         seqs, settings = read_examples(cfg, meta)
         cfg.update(settings)
         labelled = seqs.labels != ""

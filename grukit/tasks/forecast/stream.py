@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grukit.data.bundled import names as bundled_names
 from grukit.errors import ConfigError
 from grukit.tasks.forecast.data import ForecastFrame, Table, auto_season, table_frames
 from grukit.tasks.forecast.windows import DEFAULT_HELD_OUT, Layout, Scaling, Windows, resolve_layout
-from grukit.tasks.tables import Moments, file_tables
+from grukit.tasks.tables import Moments, file_tables, stream_path
 
 CHUNK_ROWS = 50_000  # rows read at a time (at least twice the rows one window spans)
 
@@ -163,15 +162,10 @@ def prepare_stream(cfg: dict[str, Any], columns: dict[str, Any]) -> tuple[Foreca
     """Scan the file cfg["data"] (see the module docstring): the tail frame, the layout of its held-out
     windows (settings resolved and checked on the whole file) and the Stream that reads the training
     windows, with its statistics. ``columns``: time, target, known, past and series, from the config or a
-    checkpoint's meta. ConfigError for a bundled dataset, a series column or sample <= 0."""
-    data = cfg["data"]
-    if data == "auto" or data in bundled_names():
-        raise ConfigError("stream=true reads a CSV or Parquet file chunk by chunk; bundled datasets load whole")
+    checkpoint's meta. ConfigError for a bundled dataset or a series column."""
+    path = stream_path(cfg["data"])
     if columns["series"]:
         raise ConfigError("stream=true reads one series; drop series= or stream=true")
-    if cfg["sample"] <= 0:
-        raise ConfigError(f"bad value for sample: {cfg['sample']} is not in (0, 1]; e.g. sample=0.1")
-    path = Path(data).expanduser()
     names = (columns["time"], columns["target"], columns["known"], columns["past"])
     kept: deque[tuple[Table, int, int]] = deque()  # the last chunks: (table, start, shared)
     chunks: list[tuple[int, int]] = []

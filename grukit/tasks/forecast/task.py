@@ -108,7 +108,7 @@ class ForecastTask:
         cfg = dict(cfg)
         columns = cfg if meta is None else {"series": "", **meta}  # checkpoints from before series= have none
         stream = None
-        if cfg.get("stream"):  # .get: configs saved before the stream key
+        if cfg["stream"]:
             tail, layout, stream = prepare_stream(cfg, columns)
             frames = [tail]
         else:
@@ -180,7 +180,7 @@ class ForecastTask:
         """Training windows per epoch."""
         if self.stream is not None:
             return self.stream.windows
-        sample = self.cfg.get("sample", 1.0)  # configs saved before the sample key: every window
+        sample = self.cfg["sample"]
         return math.ceil(len(self.frame.target_names) * len(self.layout.train_origins) * sample)
 
     def steps_per_epoch(self, batch: int) -> int:

@@ -111,7 +111,7 @@ def resolve_layout(frames: list[ForecastFrame], cfg: dict, observed: list[int] |
                 "window); lower lookback=, horizon=, val_windows= or test_windows=, or give a longer series"
             )
     span = (n_test - 1) * stride  # from the first test origin to the last
-    n_backtest = cfg.get("backtest") or span // max(1, stride // 4) + 1  # configs saved before the key: auto
+    n_backtest = cfg["backtest"] or span // max(1, stride // 4) + 1
     if n_backtest > span + 1:
         raise ConfigError(
             f"bad value for backtest: {n_backtest} origins do not fit in the test period ({span + 1} possible "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grukit.errors import DataError
+from grukit.errors import ConfigError, DataError
 from grukit.tasks.encoders import LABELS, check_architecture
 from grukit.tasks.seq2seq.data import (
     BOS,
@@ -94,6 +94,8 @@ class Seq2SeqTask:
         ``meta``: then a source character it does not know is an error, as is, when training on, a target one)."""
         cfg = dict(cfg)
         training = cfg["mode"] == "train"
+        if cfg["stream"] or cfg["sample"] != 1.0:
+            raise ConfigError("seq2seq reads its pairs whole: drop stream= and sample= (they serve forecast, classify)")
         columns = cfg["columns"] if meta is None else [meta["input"], meta["target"]]
         pairs = load_pairs(cfg["data"], columns, max_length=cfg["max_length"], training=training)
         cfg["columns"] = [pairs.input_name, pairs.target_name]
