@@ -163,6 +163,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
         x, state, h = torch.randn(1, hidden), torch.zeros(1, 1, hidden), torch.zeros(1, hidden)
         stepper, rounded = gru.stepper(), gru.stepper(bf16=True)
         fused = stepper._fused  # the bare C++ call: what is left without the stepper's Python
+        outs = (torch.empty(1, hidden), torch.empty(1, 1, hidden))  # its outputs given: no allocation per call
         path = grukit.export_onnx(gru, Path(directory) / f"step_{hidden}.onnx", initial_state=True)
         feed = {"input": x.unsqueeze(0).numpy(), "h0": state.numpy()}
         repeat = 200
@@ -179,6 +180,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
                 "bf16": lambda s=rounded, x=x, h=state: s.step(x, h),
                 "step": lambda g=gru, x=x, s=state: g.step(x, s),
                 "call": lambda f=fused, x=x, s=state: f(x, s),
+                "call_out": lambda f=fused, x=x, s=state, o=outs: f(x, s, *o),
             }
             session = ort_session(path, threads)
             if session is not None:
@@ -268,7 +270,7 @@ def _streaming_line(row: dict) -> str:
     parts = [
         f"{name}@{n} {_us(row, f'{name}@{n}')}"
         for n in ARGS.threads
-        for name in ("cell", "ort", "step", "stepper", "call", "bf16")
+        for name in ("cell", "ort", "step", "stepper", "call", "call_out", "bf16")
     ]
     speedup = _ratio(row, f"cell@{min(ARGS.threads)}", f"stepper@{min(ARGS.threads)}")
     return f"step B=1 H={row['H']} µs: " + ", ".join(parts) + f"; stepper {speedup}x GRUCell"
@@ -304,19 +306,21 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         "",
         f"Streaming from Python, B = 1, one step per call, {one} thread, µs per call: `stepper.step(x, h)` is "
         "`gru.stepper()`'s handle (weights packed once, all layers in one C++ call); C++ call is that handle's bare "
-        "kernel call (what is left without its Python); `gru.step` is the plain layer call under no_grad (no "
-        "snapshot: it packs the weights on each call unless the opt-in cache holds them); bf16 is "
+        "kernel call (what is left without its Python), out= the same call writing into given tensors (no allocation); "
+        "`gru.step` is the plain layer call under no_grad (no snapshot: the step kernel from the unpacked weights, "
+        "or the opt-in cache's packed ones); bf16 is "
         "`gru.stepper(bf16=True)` (weights rounded to bfloat16, arithmetic in float32), its error the largest "
         "|y_bf16 - y_f32| over 100 steps of N(0, 1) inputs with the state carried.",
         "",
-        "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call | `gru.step` | "
-        "stepper vs GRUCell | vs ort | bf16 stepper | bf16 vs float32 stepper | bf16 max error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call | C++ call, out= | `gru.step` "
+        "| stepper vs GRUCell | vs ort | bf16 stepper | bf16 vs float32 stepper | bf16 max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in stream:
         lines.append(
             f"| {r['H']} | {_us(r, f'cell@{one}')} | {_us(r, f'ort@{one}')} | {_us(r, f'stepper@{one}')} | "
-            f"{_us(r, f'call@{one}')} | {_us(r, f'step@{one}')} | {_ratio(r, f'cell@{one}', f'stepper@{one}')} | "
+            f"{_us(r, f'call@{one}')} | {_us(r, f'call_out@{one}')} | {_us(r, f'step@{one}')} | "
+            f"{_ratio(r, f'cell@{one}', f'stepper@{one}')} | "
             f"{_ratio(r, f'ort@{one}', f'stepper@{one}')} | {_us(r, f'bf16@{one}')} | "
             f"{_ratio(r, f'stepper@{one}', f'bf16@{one}')} | {r['bf16_error']:.1e} |"
         )
@@ -408,11 +412,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         if ARGS.quick:
             infer = inference(64, [1, 8], [64, 256], directory)
-            stream = streaming([64, 256], directory)
+            stream = streaming([8, 64, 256], directory)
             train = training([(64, 8, 64)])
         else:
             infer = inference(256, [1, 8, 64], [64, 256, 1024], directory)
-            stream = streaming([64, 256, 1024], directory)
+            stream = streaming([8, 64, 256, 1024], directory)
             train = training([(64, 8, 64), (64, 1, 256), (64, 32, 256)])
     header.append(
         f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()} — the machine is shared "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import is_not
 
 import torch
 from torch import Tensor
@@ -42,7 +43,8 @@ class _Snapshot:
         self.params = dict(module.named_parameters())
         self.stamps = {name: self._stamp(p) for name, p in self.params.items()}
         self.own = module._parameters  # the dict nn.Module keeps: replacing a parameter rebinds its entry
-        self.ids = tuple(map(id, self.own.values()))  # the objects stay alive in self.params: ids stay unique
+        self.values = tuple(self.own.values())  # the objects, kept alive here
+        self.count = len(self.values)
 
     @staticmethod
     def _stamp(p: Tensor) -> tuple:
@@ -50,7 +52,8 @@ class _Snapshot:
 
     def replaced(self) -> bool:
         """The cheap per-call check: training mode, or a parameter object replaced (``gru.w = nn.Parameter(...)``)."""
-        return self.module.training or tuple(map(id, self.own.values())) != self.ids
+        own = self.own
+        return self.module.training or len(own) != self.count or any(map(is_not, own.values(), self.values))
 
     def changed(self) -> str | None:
         """What changed since binding, in words, or None."""
@@ -112,17 +115,22 @@ class Stepper:
             )
         self._initial: dict[int | None, Tensor] = {}
 
-    def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One time step: x_t (B, I) or (I,), state (L, B, H) or (L, H) or None -> (y_t, new state)."""
+    def step(
+        self, x_t: Tensor, state: Tensor | None = None, out: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One time step: x_t (B, I) or (I,), state (L, B, H) or (L, H) or None -> (y_t, new state).
+
+        ``out=(y_out, state_out)``, contiguous tensors of those shapes sharing no memory with x_t, state or each
+        other, receives the results in place and is returned: no allocation, the cheapest call."""
         fused = self._fused
         if fused is None or self._snapshot.replaced():
-            return self._unfused(x_t, state)
+            return self._unfused(x_t, state, out)
         if state is None:
             state = self._initial_state(x_t)
-        out = fused(x_t, state)
-        if out is None:  # the backend saw a weight change
+        result = fused(x_t, state) if out is None else (out if fused(x_t, state, *out) else None)
+        if result is None:  # the backend saw a weight change
             self._raise_stale("a weight was modified")
-        return out
+        return result
 
     def __call__(self, x_t: Tensor) -> Tensor:
         """Stateful step: advances ``self.state`` and returns y_t."""
@@ -133,10 +141,19 @@ class Stepper:
         """Start over from ``state`` (default: the module's initial state)."""
         self.state = state
 
-    def _unfused(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _unfused(self, x_t: Tensor, state: Tensor | None, out: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         self._raise_stale()
         with torch.no_grad():
-            return self.module.step(x_t, state)
+            result = self.module.step(x_t, state)
+            if out is None:
+                return result
+            for name, target, value in zip(("y_out", "state_out"), out, result, strict=True):
+                if target.shape != value.shape:
+                    raise ValueError(
+                        f"stepper.step: {name} has shape {tuple(target.shape)}, expected {tuple(value.shape)}"
+                    )
+                target.copy_(value)
+            return out
 
     def _raise_stale(self, seen: str | None = None) -> None:
         """Raise StaleStepperError if the snapshot sees a change (or the backend saw ``seen``)."""

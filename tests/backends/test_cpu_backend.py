@@ -245,6 +245,53 @@ def test_the_build_cache_is_reused(tmp_path):
     assert time.perf_counter() - start < 30
 
 
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+directory = sys.argv[1]
+os.makedirs(directory, exist_ok=True)
+open(os.path.join(directory, "lock"), "w").close()  # torch's baton, as a build killed mid-way leaves it
+handle = open(directory + ".lock", "a+b")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold_build_lock(directory) -> subprocess.Popen:
+    """A process that holds the build lock of ``directory`` (and leaves torch's baton), once it says so."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_build_killed_mid_way_does_not_block_the_next(tmp_path):
+    """The lock of a killed builder is released by the kernel and its leftover torch baton is removed."""
+    from grukit.backends.cpu.build import build_lock
+
+    directory = tmp_path / "cpu-key"
+    holder = _hold_build_lock(directory)
+    holder.kill()
+    holder.wait()
+    start = time.perf_counter()
+    with build_lock(directory, wait_s=5):
+        assert not (directory / "lock").exists()
+    assert time.perf_counter() - start < 2
+
+
+def test_waiting_for_a_live_build_is_logged_and_bounded(tmp_path, capsys):
+    from grukit.backends.cpu.build import build_lock
+
+    directory = tmp_path / "cpu-key"
+    holder = _hold_build_lock(directory)
+    try:
+        with pytest.raises(RuntimeError, match=r"held .*cpu-key\.lock"), build_lock(directory, wait_s=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "waiting for another process's build" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------- packed-weight cache
 
 
@@ -383,6 +430,59 @@ def test_the_fused_stepper_matches_the_reference(dtype, atol, bias, hidden, batc
     ys = torch.stack([stepper(x_t) for x_t in xs])
     torch.testing.assert_close(ys, expected[0], atol=atol, rtol=0)
     torch.testing.assert_close(stepper.state, expected[1], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_uncached_eval_step_runs_from_the_unpacked_weights(dtype, atol, reset_after, bias, batch, monkeypatch):
+    """gru.step under no_grad without the pack cache takes ext.step_direct (no packing); it matches the reference."""
+    torch.manual_seed(batch)
+    gru = grukit.GRU(19, 37, num_layers=2, bias=bias, reset_after=reset_after, dtype=dtype).eval()
+    x, h = torch.randn(batch, 19, dtype=dtype), torch.randn(2, batch, 37, dtype=dtype)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    with torch.no_grad():
+        expected = gru.step(x, h)
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    calls = []
+    backend = dispatch.gru_backend(x.unsqueeze(0), gru._config(0, False), None)
+    assert isinstance(backend, CpuBackend)
+    monkeypatch.setattr(backend, "ext", _Spy(backend.ext, calls))
+    with torch.no_grad():
+        got = gru.step(x, h)
+    assert calls == ["step_direct", "step_direct"]  # one per layer
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+class _Spy:
+    """The extension, recording which entry each call used."""
+
+    def __init__(self, ext, calls: list[str]) -> None:
+        self._ext, self._calls = ext, calls
+
+    def __getattr__(self, name: str):
+        if name in ("forward", "step", "step_direct"):
+            self._calls.append(name)
+        return getattr(self._ext, name)
+
+
+def test_the_stepper_writes_into_given_outputs_and_checks_them(monkeypatch):
+    """``out=`` runs the same kernel into the caller's tensors; aliasing or a wrong shape is refused."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    stepper = grukit.GRU(3, 5, num_layers=2).eval().stepper()
+    x, h = torch.randn(4, 3), torch.randn(2, 4, 5)
+    expected = stepper.step(x, h)
+    out = (torch.empty(4, 5), torch.empty(2, 4, 5))
+    assert stepper.step(x, h, out=out) is out
+    for got, want in zip(out, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="shares memory"):
+        stepper.step(x, h, out=(torch.empty(4, 5), h))  # the state written over while being read
+    with pytest.raises(RuntimeError, match="state_out must be a contiguous"):
+        stepper.step(x, h, out=(torch.empty(4, 5), torch.empty(2, 3, 5)))
 
 
 def test_the_stepper_refuses_autograd_and_wrong_dtypes(monkeypatch):

@@ -129,6 +129,9 @@ def test_stepper_matches_the_reference_steps(dtype, atol, kwargs, batched, monke
         functional.append(y_t)
     torch.testing.assert_close(torch.stack(functional), expected, atol=atol, rtol=0)
     torch.testing.assert_close(state, expected_state, atol=atol, rtol=0)
+    out = (torch.full_like(functional[0], float("nan")), torch.full_like(state, float("nan")))
+    assert stepper.step(xs[0], None, out=out) is out  # in place, fused or not
+    torch.testing.assert_close(out[0], functional[0], atol=0, rtol=0)
     stateful = torch.stack([stepper(x_t) for x_t in xs])  # the state lives in the stepper
     torch.testing.assert_close(stateful, expected, atol=atol, rtol=0)
     torch.testing.assert_close(stepper.state, expected_state, atol=atol, rtol=0)

@@ -18,7 +18,9 @@ tensor each call) are never cached, and the cache keeps at most ``PackCache.capa
 Calls that record autograd never use it (training changes the weights every step, and ``gradcheck`` perturbs them
 through ``.data``): the cache serves eval and ``no_grad`` calls.
 
-Eval / no-grad calls skip the autograd.Function. A single step (T = 1, reset_after, no lengths, every weight
+Eval / no-grad calls skip the autograd.Function. A single step (T = 1, no lengths) of at most ``direct_batch()``
+sequences without a cached pack runs ``ext.step_direct`` from the unpacked weights (packing them would cost more
+than the step). A single step (T = 1, reset_after, no lengths, every weight
 cacheable) runs ``ext.step``: both products from packed weights and the gate math in one kernel, with no GEMM
 call and no gi buffer.
 """
@@ -163,6 +165,7 @@ class CpuBackend:
 
     def __init__(self, ext: ModuleType | None = None) -> None:
         self.ext = load_extension() if ext is None else ext
+        self.direct_batch = self.ext.direct_batch()
 
     def supports_gru(self, x: Tensor, config: GRUConfig, lengths: Tensor | None) -> str | None:
         if torch.compiler.is_compiling():
@@ -188,7 +191,8 @@ class CpuBackend:
     ) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | None] | None:
         """A fused eval stepper for a stack of forward layers (``grukit.nn.streaming.Stepper``): every layer's
         weights packed now, and ``step(x_t: (B, I) or (I,), state: (L, B, H) or (L, H)) -> (y_t, new state)`` runs
-        all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage. None
+        all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage;
+        ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). None
         (no fused stepper) for the reset_after=False form, which the step kernel lacks. ``bf16`` packs the weights
         rounded to bfloat16 (float32 only: products, gates and state stay float32)."""
         if not config.reset_after or config.reverse or (bf16 and weights[0].w_ih.dtype != torch.float32):
@@ -200,7 +204,7 @@ class CpuBackend:
             if present is not None:  # both, or one only: then a zero for the other
                 biases = [torch.zeros_like(present) if b is None else b for b in (w.b_ih, w.b_hh)]
             layers.append([w.w_ih, w.w_hh, *biases])
-        return self.ext.Stepper(layers, list(watched), bf16).step
+        return self.ext.Stepper(layers, list(watched), bf16).bind()  # no pybind11 argument matching per call
 
     def supports_mingru(self, x: Tensor) -> str | None:
         return "MinGRU is not implemented (the reference's parallel scan serves it)"
@@ -235,6 +239,9 @@ class CpuBackend:
             # perturbs them through .data, which the version counter does not see
             return _GRULayer.apply(self.ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, None)
         packed = PACK_CACHE.get(self.ext, (w_ih, w_hh, b_ih, b_hh), reset_after) if cacheable else None
+        if packed is None and x.shape[0] == 1 and x.shape[1] <= self.direct_batch and lengths is None:
+            y, h_n = self.ext.step_direct(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after)  # nothing packed per call
+            return y, h_n
         if packed is None:
             y, h_n, _, _ = self.ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, False)
             return y, h_n

@@ -6,21 +6,27 @@ the torch version, the compiler flags and the CPU (``-march=native`` code is spe
 imports the cached library directly, without running the compiler or ninja.
 
 ``-march=native`` is tried first (AVX-512 or AVX2 on x86); if the compiler rejects it, a portable build
-without it follows. A machine without a C++ compiler or ninja gets a RuntimeError that says so; dispatch
-turns it into one warning and uses the reference backend.
+without it follows. Concurrent first uses build once: ``build_lock`` serialises builds with a lock the kernel
+releases when its holder dies, so a killed build never leaves the next process waiting. A machine without a C++
+compiler or ninja gets a RuntimeError that says so; dispatch turns it into one warning and uses the reference
+backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import platform
 import shutil
+import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -79,27 +85,61 @@ def _import_built(name: str, directory: Path) -> ModuleType | None:
     return None
 
 
-STALE_LOCK_S = 300
-"""A build lock older than this was left by a killed build (torch's lock would make every later build wait forever)."""
+BUILD_WAIT_S = 900.0
+"""How long a process waits for another process's build of the same kernels before giving up with an error."""
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path, wait_s: float = BUILD_WAIT_S) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<directory>.lock`` for one build of ``directory``.
+
+    The kernel releases a flock when its holder dies, so a killed build never blocks the next one (torch's own
+    ``<directory>/lock`` baton would: a later process waits on it forever). Within the lock no other grukit process
+    is building here, so a leftover torch baton is removed before building. Waiting is logged to stderr once and
+    bounded by ``wait_s``; past it a RuntimeError names the lock file.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    path = directory.with_name(directory.name + ".lock")
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + wait_s
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not announced:
+                    print(f"grukit: waiting for another process's build of the cpu kernels ({path})", file=sys.stderr)
+                    announced = True
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"another process has held {path} for over {wait_s:.0f} s while building grukit's cpu "
+                        "kernels; wait for it to finish or end it"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            (directory / "lock").unlink(missing_ok=True)  # torch's baton, left by a killed build
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _compile(name: str, directory: Path, flags: list[str], verbose: bool) -> ModuleType:
+    """Build under ``build_lock``; a process that waited for another's build imports that build instead."""
     from torch.utils import cpp_extension
 
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / "lock"
-    try:
-        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink()
-    except FileNotFoundError:
-        pass
-    return cpp_extension.load(
-        name=name,
-        sources=[str(s) for s in _sources()],
-        extra_cflags=flags,
-        build_directory=str(directory),
-        verbose=verbose,
-    )
+    with build_lock(directory):
+        module = _import_built(name, directory)
+        if module is not None:
+            return module
+        directory.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(
+            name=name,
+            sources=[str(s) for s in _sources()],
+            extra_cflags=flags,
+            build_directory=str(directory),
+            verbose=verbose,
+        )
 
 
 def load_extension(verbose: bool = False) -> ModuleType:

@@ -15,6 +15,9 @@
 // Vectors are GCC vector extensions sized to the widest ISA the compiler targets (-march=native picks AVX-512 or
 // AVX2; anything else gets 16-byte vectors), so the same source builds everywhere.
 
+#include <ATen/EmptyTensor.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -451,6 +454,66 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
   }
 }
 
+// One time step straight from the unpacked weights, both equation forms, for a few sequences (B <= kDirectBatch)
+// without a packed-weight cache: each gate row is one vectorised dot product, so the call packs nothing, folds no
+// bias and makes no GEMM call (those cost more than the step itself at B = 1).
+constexpr int64_t kDirectBatch = 2;
+
+template <typename T>
+GRUKIT_INLINE T dot(const T* a /* (K,) */, const T* b /* (K,) */, int64_t K) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V acc0{}, acc1{};
+  int64_t k = 0;
+  for (; k + 2 * N <= K; k += 2 * N) {
+    acc0 += load<T>(a + k, N) * load<T>(b + k, N);
+    acc1 += load<T>(a + k + N, N) * load<T>(b + k + N, N);
+  }
+  for (; k < K; k += N) {
+    const int n = static_cast<int>(std::min<int64_t>(N, K - k));
+    acc0 += load<T>(a + k, n) * load<T>(b + k, n);
+  }
+  acc0 += acc1;
+  T sum = 0;
+  for (int i = 0; i < N; ++i) sum += acc0[i];
+  return sum;
+}
+
+template <typename T>
+void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* w_ih /* (3H, I) */,
+                        const T* w_hh /* (3H, H) */, const T* b_ih /* (3H,) or null */,
+                        const T* b_hh /* (3H,) or null */, bool reset_after, T* y /* (B, H) */,
+                        T* h_n /* (B, H) */, T* rh /* (H,) work: r * h, the other form's recurrent input */, int64_t B,
+                        int64_t I, int64_t H) {
+  auto bias = [](const T* b, int64_t j) { return b ? b[j] : T(0); };
+  auto sigmoid = [](T v) { return T(1) / (T(1) + std::exp(-v)); };
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * I;
+    const T* hb = h0 + b * H;
+    if (!reset_after) {  // n needs W_hn (r * h): every unit's r first
+      for (int64_t j = 0; j < H; ++j) {
+        const T r = sigmoid(dot(w_ih + j * I, xb, I) + bias(b_ih, j) + dot(w_hh + j * H, hb, H) + bias(b_hh, j));
+        rh[j] = r * hb[j];
+      }
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      const T z = sigmoid(dot(w_ih + (H + j) * I, xb, I) + bias(b_ih, H + j) + dot(w_hh + (H + j) * H, hb, H) +
+                          bias(b_hh, H + j));
+      const T xn = dot(w_ih + (2 * H + j) * I, xb, I) + bias(b_ih, 2 * H + j);
+      T n;
+      if (reset_after) {
+        const T r = sigmoid(dot(w_ih + j * I, xb, I) + bias(b_ih, j) + dot(w_hh + j * H, hb, H) + bias(b_hh, j));
+        n = std::tanh(xn + r * (dot(w_hh + (2 * H + j) * H, hb, H) + bias(b_hh, 2 * H + j)));
+      } else {
+        n = std::tanh(xn + dot(w_hh + (2 * H + j) * H, rh, H) + bias(b_hh, 2 * H + j));
+      }
+      const T hnew = n + z * (hb[j] - n);
+      y[b * H + j] = hnew;
+      h_n[b * H + j] = hnew;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ backward loop
 
 template <typename T, bool kResetAfter>
@@ -698,6 +761,36 @@ std::vector<at::Tensor> gru_step(const at::Tensor& x_in /* (1, B, I) */, const a
   return {y, h_n};
 }
 
+// One eval step from the unpacked weights (direct_step_kernel): x (1, B, I) with B <= kDirectBatch, h0 (B, H),
+// both biases or none -> (y (1, B, H), h_n (B, H)).
+std::vector<at::Tensor> gru_step_direct(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
+                                        const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih_in,
+                                        const std::optional<at::Tensor>& b_hh_in, bool reset_after) {
+  check_inputs(x_in, h0_in, w_ih_in, w_hh_in);
+  TORCH_CHECK(x_in.size(0) == 1 && x_in.size(1) <= kDirectBatch, "grukit cpu step_direct: x must be (1, B <= ",
+              kDirectBatch, ", I)");
+  TORCH_CHECK(b_ih_in.has_value() == b_hh_in.has_value(), "grukit cpu step_direct: both biases or none");
+  const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous();
+  const at::Tensor w_hh = w_hh_in.contiguous();
+  const at::Tensor b_ih = b_ih_in.has_value() ? b_ih_in->contiguous() : at::Tensor();
+  const at::Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::Tensor();
+  const int64_t B = x.size(1), I = x.size(2), H = h0.size(1);
+  TORCH_CHECK(!b_ih.defined() || (b_ih.numel() == 3 * H && b_hh.numel() == 3 * H &&
+                                  b_ih.scalar_type() == x.scalar_type() && b_hh.scalar_type() == x.scalar_type()),
+              "grukit cpu step_direct: biases must be (3H,) of x's dtype");
+  const auto dtype = x.scalar_type();
+  at::Tensor y = at::detail::empty_cpu({1, B, H}, dtype, false);
+  at::Tensor h_n = at::detail::empty_cpu({B, H}, dtype, false);
+  at::Tensor rh = at::detail::empty_cpu({H}, dtype, false);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "grukit_gru_step_direct", [&] {
+    direct_step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(),
+                                 w_hh.data_ptr<scalar_t>(), b_ih.defined() ? b_ih.data_ptr<scalar_t>() : nullptr,
+                                 b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, reset_after,
+                                 y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), rh.data_ptr<scalar_t>(), B, I, H);
+  });
+  return {y, h_n};
+}
+
 // W (3H, K) of float32 packed like pack_ih / pack_hh(w, true), (P, K, 3, N), rounded to bfloat16 (an int16 tensor).
 at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */) {
   TORCH_CHECK(w_in.scalar_type() == at::kFloat, "grukit stepper: bfloat16 weights need a float32 model, got ",
@@ -752,7 +845,15 @@ class Stepper {
 
   // x: (B, I) or unbatched (I,); h: (L, B, H) or (L, H) -> (y: (B, H) or (H,), h_n like h), or None when stale.
   py::object step(const at::Tensor& x_in, const at::Tensor& h_in) {
-    if (changed() >= 0) return py::none();
+    at::Tensor y, h_n;
+    if (!run(x_in, h_in, y, h_n)) return py::none();
+    return py::make_tuple(y, h_n);
+  }
+
+  // One step into y and h_n: fresh tensors when undefined, else written in place (checked: shape, dtype,
+  // contiguous, no overlap with x, h or each other, no autograd). False, with nothing computed, when stale.
+  bool run(const at::Tensor& x_in, const at::Tensor& h_in, at::Tensor& y, at::Tensor& h_n) {
+    if (changed() >= 0) return false;
     const int64_t L = static_cast<int64_t>(layers_.size());
     const bool batched = x_in.dim() == 2;
     TORCH_CHECK((x_in.dim() == 1 || batched) && h_in.dim() == x_in.dim() + 1,
@@ -772,8 +873,15 @@ class Stepper {
                 "grukit stepper: inference only (it records no autograd graph); use gru.step(x, state) to "
                 "backpropagate through steps");
     const at::Tensor x = x_in.contiguous(), h = h_in.contiguous();
-    at::Tensor y = batched ? at::empty({B, H_}, x.options()) : at::empty({H_}, x.options());
-    at::Tensor h_n = at::empty(h.sizes(), x.options());
+    if (y.defined()) {
+      check_out(y, batched ? at::IntArrayRef{B, H_} : at::IntArrayRef{H_}, "y_out", {&x, &h});
+      check_out(h_n, h.sizes(), "state_out", {&x, &h, &y});
+      y.unsafeGetTensorImpl()->bump_version();
+      h_n.unsafeGetTensorImpl()->bump_version();
+    } else {  // at::detail::empty_cpu: no dispatcher round trip, a fixed cost of every call
+      y = batched ? at::detail::empty_cpu({B, H_}, dtype_, false) : at::detail::empty_cpu({H_}, dtype_, false);
+      h_n = at::detail::empty_cpu(h.sizes(), dtype_, false);
+    }
     int64_t inputs = 0;  // the input widths of all layers, for the FLOP count
     for (const auto& layer : layers_) inputs += layer.in;
     AT_DISPATCH_FLOATING_TYPES(dtype_, "grukit_stepper", [&] {
@@ -806,10 +914,27 @@ class Stepper {
         }
       });
     });
-    return py::make_tuple(y, h_n);
+    return true;
   }
 
  private:
+  // An output tensor written in place: the expected shape and the weights' dtype, contiguous CPU, outside autograd
+  // and sharing no memory with `others` (the kernel reads every input unit while writing its panels).
+  void check_out(const at::Tensor& out, at::IntArrayRef shape, const char* name,
+                 std::initializer_list<const at::Tensor*> others) const {
+    TORCH_CHECK(out.defined() && out.sizes() == shape && out.scalar_type() == dtype_ && out.device().is_cpu() &&
+                    out.is_contiguous() && !out.requires_grad(),
+                "grukit stepper: ", name, " must be a contiguous CPU tensor of shape ", shape, " and dtype ", dtype_,
+                " that does not require grad");
+    const char* begin = static_cast<const char*>(out.data_ptr());
+    const char* end = begin + out.nbytes();
+    for (const at::Tensor* other : others) {
+      const char* o = static_cast<const char*>(other->data_ptr());
+      TORCH_CHECK(end <= o || o + other->nbytes() <= begin, "grukit stepper: ", name,
+                  " shares memory with an input or another output");
+    }
+  }
+
   struct Layer {
     at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), (P, H, 3, N); folded biases or undefined
     int64_t in;                       // input width I of this layer
@@ -957,6 +1082,40 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 
+// Stepper.step without pybind11's argument matching (about a microsecond per call), bound to a Stepper object
+// `self` by Stepper.bind(): step(x, h) -> (y, h_n), or None when stale; step(x, h, y_out, h_out) writes into the
+// given tensors and returns True, or None when stale.
+PyObject* bound_step(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 2 && nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "stepper step takes (x, h) or (x, h, y_out, h_out)");
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < nargs; ++i) {
+    if (!THPVariable_Check(args[i])) {
+      PyErr_Format(PyExc_TypeError, "stepper step: argument %zd must be a tensor", i);
+      return nullptr;
+    }
+  }
+  Stepper& stepper = py::handle(self).cast<Stepper&>();
+  at::Tensor y, h_n;
+  if (nargs == 4) {
+    y = THPVariable_Unpack(args[2]);
+    h_n = THPVariable_Unpack(args[3]);
+  }
+  if (!stepper.run(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), y, h_n)) Py_RETURN_NONE;
+  if (nargs == 4) Py_RETURN_TRUE;
+  PyObject* out = PyTuple_New(2);
+  if (out == nullptr) return nullptr;
+  PyTuple_SET_ITEM(out, 0, THPVariable_Wrap(std::move(y)));
+  PyTuple_SET_ITEM(out, 1, THPVariable_Wrap(std::move(h_n)));
+  return out;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef bound_step_def = {"step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bound_step)),
+                              METH_FASTCALL, "(x, h) -> (y, h_n) | None, or (x, h, y_out, h_out) -> True | None"};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -968,12 +1127,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_hh", &pack_hh, "W_hh packed for forward (cache it while the weight is unchanged)");
   m.def("pack_ih", &pack_ih, "W_ih packed for step (cache it while the weight is unchanged)");
   m.def("fold_bias", &fold_bias, "(b_ih with the recurrent r/z biases folded in, b_hn or an empty tensor)");
+  m.def("step_direct", &gru_step_direct, "one eval step from unpacked weights, B <= direct_batch(): (y, h_n)");
+  m.def("direct_batch", [] { return kDirectBatch; }, "the largest batch step_direct serves");
   m.def("step", &gru_step, "one streaming step, reset_after, no lengths: (y (1, B, H), h_n (B, H))");
   py::class_<Stepper>(m, "Stepper", "all layers of a streaming step from weights packed once (see Stepper)")
       .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool>(),
            py::arg("layers"), py::arg("watched"), py::arg("bf16") = false)
       .def("step", &Stepper::step, "(y, h_n), or None when a watched tensor changed", py::arg("x"), py::arg("h"))
-      .def("changed", &Stepper::changed, "index of the first watched tensor changed since packing, or -1");
+      .def("changed", &Stepper::changed, "index of the first watched tensor changed since packing, or -1")
+      .def(
+          "bind",
+          [](py::object self) {
+            PyObject* fn = PyCFunction_New(&bound_step_def, self.ptr());
+            if (fn == nullptr) throw py::error_already_set();
+            return py::reinterpret_steal<py::object>(fn);
+          },
+          "step as a builtin bound to this stepper: the cheapest call, (x, h[, y_out, h_out]) as bound_step");
   m.def("split_flops", [] { return kSplitFlops; }, "FLOPs per step from which a step is split over two threads");
   m.def("split_jobs", [] { return grukit::Team::instance().split_jobs(); }, "kernel calls run on two threads so far");
   m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
