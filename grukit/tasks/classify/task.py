@@ -24,6 +24,7 @@ from grukit.tasks.classify.model import SequenceClassifier
 from grukit.tasks.classify.stream import SequenceStream, open_stream
 from grukit.tasks.classify.text import TokenClassifier, TokenSequences, build_vocab, encode, token_lists
 from grukit.tasks.encoders import LABELS, check_architecture
+from grukit.tasks.report import metric_lines
 
 
 @dataclass
@@ -282,8 +283,7 @@ class ClassifyTask:
         rows = [(model, report["test"]["model"]), ("majority class", report["test"]["majority"])]
         lines = [
             f"test: {report['data']}, {report['sequences']['test']} sequences, {len(report['classes'])} classes",
-            f"{'model':<16}" + "".join(f"{name:>10}" for name in METRICS),
-            *(f"{name:<16}" + "".join(f"{m[k]:>10.3f}" for k in METRICS) for name, m in rows),
+            *metric_lines(rows, METRICS),
         ]
         return "\n".join(lines)
 

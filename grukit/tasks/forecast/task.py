@@ -24,6 +24,7 @@ from grukit.tasks.forecast.metrics import METRICS, forecast_metrics, seasonal_sc
 from grukit.tasks.forecast.model import SeasonBlockForecaster, pinball_loss, sorted_quantiles
 from grukit.tasks.forecast.stream import Stream, prepare_stream
 from grukit.tasks.forecast.windows import Layout, Scaling, Windows, feature_sizes, resolve_layout
+from grukit.tasks.report import metric_lines
 
 BASELINES = ("naive", "seasonal_naive")
 SPLITS = ("test", "val", "backtest")
@@ -328,15 +329,14 @@ class ForecastTask:
         """The printed test table of a ``report``: one row per model and baseline, and a line of backtest MASEs."""
         model = LABELS[report["architecture"]]
         names = [(model, "model"), *((n.replace("_", " "), n) for n in BASELINES)]
-        head = f"{'model':<16}" + "".join(f"{name.upper() if name != 'smape' else 'sMAPE':>10}" for name in METRICS)
+        titles = [name.upper() if name != "smape" else "sMAPE" for name in METRICS]
         series = list(report.get("series", ()))
         many = f" ({len(series)} series; period of {series[0]!r})" if series else ""
         step = f" every {report['backtest_step']} steps" if report["backtest_step"] else ""
         lines = [
             f"test: {report['data']}{many}, {len(report['test_origins'])} origins x horizon {report['horizon']}, "
             f"{report['test_period']}",
-            head,
-            *(f"{name:<16}" + "".join(f"{report['test'][key][k]:>10.3f}" for k in METRICS) for name, key in names),
+            *metric_lines([(name, report["test"][key]) for name, key in names], METRICS, titles),
             f"MASE scale: in-sample MAE of the seasonal naive (season {report['season']}); coverage of the "
             f"{report['interval']}.",
             f"rolling-origin backtest, {report['backtest_origins']} origins{step} through the test period: MASE "

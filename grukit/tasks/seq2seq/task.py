@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from grukit.errors import ConfigError, DataError
 from grukit.tasks.encoders import LABELS, check_architecture
+from grukit.tasks.report import metric_lines
 from grukit.tasks.seq2seq.data import (
     BOS,
     PAD,
@@ -260,8 +261,7 @@ class Seq2SeqTask:
         rows += [(title, report["test"][key]) for key, title in BASELINES.items()]
         lines = [
             f"test: {report['data']}, {report['pairs']['test']} pairs, {_decoding(report['beam'])}",
-            f"{'model':<22}" + "".join(f"{name:>13}" for name in METRICS),
-            *(f"{name:<22}" + "".join(f"{m[k]:>13.4f}" for k in METRICS) for name, m in rows),
+            *metric_lines(rows, METRICS, name_width=22, width=13, digits=4),
         ]
         return "\n".join(lines)
 
