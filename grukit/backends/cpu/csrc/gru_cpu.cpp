@@ -4,10 +4,13 @@
 //   x: (T, B, I)   h0: (B, H)   w_ih: (3H, I)   w_hh: (3H, H)   b_ih, b_hh: (3H,) or none   lengths: (B,) int64
 //   y: (T, B, H) in input time order   h_n: (B, H)
 //
-// Forward: one GEMM gi = x W_ih^T + b_ih (+ the r/z parts of b_hh, all of b_hh when reset_after is false), then a
-// time loop in which each step computes h W_hh^T from a W_hh packed once per call so that each panel holds the r,
-// z and n rows of the same kV hidden units, with the gate math applied from registers. The loop allocates
-// nothing and calls no ATen operator. Training saves the gates and the state entering each step.
+// Forward: the input side gi = x W_ih^T + b_ih (+ the r/z parts of b_hh, all of b_hh when reset_after is false),
+// then a time loop in which each step computes h W_hh^T from a W_hh packed once per call so that each panel holds
+// the r, z and n rows of the same kV hidden units, with the gate math applied from registers. The input side is
+// one GEMM over all steps before the loop, except where both weight matrices fit in L2 and the batch fills the
+// register tile (fuse_input): there each step also runs x_t W_ih^T from a packed W_ih into the same accumulators,
+// which saves writing and re-reading the (T, B, 3H) gi buffer. The loop allocates nothing and calls no ATen
+// operator. Training saves the gates and the state entering each step.
 //
 // Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
 // batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
@@ -28,6 +31,10 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "team.h"
 
@@ -107,13 +114,18 @@ GRUKIT_INLINE typename Simd<T>::V splat(T s) {
 using VF = Simd<float>::V;
 using IF = Simd<float>::I;
 
-// exp(x) for float lanes, Cephes' polynomial: about 1 ulp relative error on [-87.3, 88].
+// exp(x) for float lanes, Cephes' polynomial: about 1 ulp relative error on [-87.3, 88]. With AVX-512 the 2^n
+// factor is one vscalefps and the rounding one vroundscaleps instead of integer bit tricks.
 GRUKIT_INLINE VF exp_f(VF x) {
   const VF lo = splat<float>(-87.3f), hi = splat<float>(88.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
+#if defined(__AVX512F__)
+  const VF n = (VF)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+#else
   const VF magic = splat<float>(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  VF n = (x * 1.44269504088896341f + magic) - magic;
+  const VF n = (x * 1.44269504088896341f + magic) - magic;
+#endif
   VF r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   VF p = splat<float>(1.9875691500e-4f);
@@ -123,19 +135,33 @@ GRUKIT_INLINE VF exp_f(VF x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
+#if defined(__AVX512F__)
+  return (VF)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
   IF bits = (__builtin_convertvector(n, IF) + 127) << 23;
   return p * (VF)bits;
+#endif
 }
 
-GRUKIT_INLINE VF sigmoid_v(VF x) { return 1.0f / (1.0f + exp_f(-x)); }
-
-// tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow, absolute error about 1e-7.
-GRUKIT_INLINE VF tanh_v(VF x) {
-  VF a = x < 0.0f ? -x : x;
-  VF e = exp_f(-2.0f * a);
-  VF t = (1.0f - e) / (1.0f + e);
-  return x < 0.0f ? -t : t;
+// 1 / d for d >= 1: the hardware's reciprocal estimate and one Newton step (relative error below 1e-7, a few
+// cycles instead of a division's latency and throughput).
+GRUKIT_INLINE VF reciprocal(VF d) {
+#if defined(__AVX512F__)
+  const VF e = (VF)_mm512_rcp14_ps((__m512)d);
+  return e * (2.0f - d * e);
+#elif defined(__AVX__)
+  const VF e = (VF)_mm256_rcp_ps((__m256)d);
+  return e * (2.0f - d * e);
+#else
+  return 1.0f / d;
+#endif
 }
+
+GRUKIT_INLINE VF sigmoid_v(VF x) { return reciprocal(1.0f + exp_f(-x)); }
+
+// tanh(x) = 2 sigmoid(2x) - 1: one exp and one reciprocal, absolute error about 2e-7 (exp_f clamps, so no
+// overflow: large |x| gives exactly +-1).
+GRUKIT_INLINE VF tanh_v(VF x) { return 2.0f * reciprocal(1.0f + exp_f(-2.0f * x)) - 1.0f; }
 
 // float64 lanes: libm per lane (float64 is for gradcheck and accuracy, not speed).
 using VD = Simd<double>::V;
@@ -152,8 +178,11 @@ inline VD tanh_v(VD x) {
 
 // ------------------------------------------------------------------------------------------------ packing
 
-// Weights in bfloat16 (the stepper's opt-in): the upper 16 bits of a float32, rounded to nearest even.
+// Weights in bfloat16 (the stepper's opt-in): the upper 16 bits of a float32, rounded to nearest even, stored in
+// pairs along k: one 32-bit lane holds the weights of k = 2i (low half) and k = 2i + 1 (high half), so a vector of
+// N lanes widens to two float32 vectors with one shift and one mask (no cross-lane conversion).
 using bf16_t = uint16_t;
+using bf16x2_t = uint32_t;
 
 GRUKIT_INLINE bf16_t to_bf16(float f) {
   uint32_t bits;
@@ -161,23 +190,32 @@ GRUKIT_INLINE bf16_t to_bf16(float f) {
   return static_cast<bf16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
+// Rows of a panel along k: K for plain weights, ceil(K / 2) pairs for bfloat16.
+template <typename W>
+constexpr int64_t panel_depth(int64_t K) {
+  return std::is_same_v<W, bf16x2_t> ? (K + 1) / 2 : K;
+}
+
 // Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p < ceil(H/N), N = T's lanes;
-// W = bf16_t stores the weights rounded to bfloat16.
+// W = bf16x2_t stores the weights rounded to bfloat16, in pairs along k (out[p][k/2][g][l], 0 past K).
 template <typename T, typename W = T>
 void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t row0, int G,
-                      W* out /* (P, K, G, N) */) {
+                      W* out /* (P, panel_depth(K), G, N) */) {
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
+  const int64_t D = panel_depth<W>(K);
+  auto weight = [&](int64_t j, int g, int64_t k) { return j < H && k < K ? w[(row0 + g * H + j) * K + k] : T(0); };
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t k = 0; k < K; ++k)
+    for (int64_t d = 0; d < D; ++d)
       for (int g = 0; g < G; ++g)
         for (int l = 0; l < N; ++l) {
           const int64_t j = p * N + l;
-          const T v = j < H ? w[(row0 + g * H + j) * K + k] : T(0);
           if constexpr (std::is_same_v<T, W>) {
-            out[((p * K + k) * G + g) * N + l] = v;
+            out[((p * D + d) * G + g) * N + l] = weight(j, g, d);
           } else {
-            out[((p * K + k) * G + g) * N + l] = to_bf16(v);
+            static_assert(std::is_same_v<T, float> && std::is_same_v<W, bf16x2_t>, "bfloat16 serves float32 only");
+            out[((p * D + d) * G + g) * N + l] =
+                bf16x2_t(to_bf16(weight(j, g, 2 * d))) | (bf16x2_t(to_bf16(weight(j, g, 2 * d + 1))) << 16);
           }
         }
 }
@@ -197,53 +235,84 @@ void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /*
 
 // ------------------------------------------------------------------------------------------------ micro-kernel
 
-// N weights of type W as a vector of T: a plain load, or bfloat16 widened to float32 (zero-extend, shift by 16).
-template <typename T, typename W>
-GRUKIT_INLINE typename Simd<T>::V load_weights(const W* p /* (N,) */) {
-  if constexpr (std::is_same_v<T, W>) {
-    return load<T>(p, Simd<T>::N);
-  } else {
-    static_assert(std::is_same_v<T, float> && std::is_same_v<W, bf16_t>, "bfloat16 weights serve float32 only");
-    typedef bf16_t H16 __attribute__((vector_size(kVecBytes / 2)));
-    H16 half;
-    std::memcpy(&half, p, sizeof(half));
-    return (VF)(__builtin_convertvector(half, IF) << 16);
+// A vector of bfloat16 pairs widened to float32: the k = 2i weights (low halves) and the k = 2i + 1 ones (high).
+GRUKIT_INLINE void widen_pairs(const bf16x2_t* p /* (N,) */, VF& even, VF& odd) {
+  IF v;
+  std::memcpy(&v, p, sizeof(v));
+  even = (VF)(v << 16);
+  odd = (VF)(v & IF{} - 65536);  // 0xFFFF0000 in every lane
+}
+
+// acc[r][g] = sum_k src[r][k] * panel[k/2][g][:] from bfloat16 pairs (float32 arithmetic), R rows, one panel.
+template <int R, int G>
+GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
+                                       const bf16x2_t* panel /* (ceil(K/2), G, N) */, VF (&acc)[R][G]) {
+  constexpr int N = Simd<float>::N;
+  VF odd_acc[R][G];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = odd_acc[r][g] = VF{};
+  const int64_t pairs = K / 2;
+  for (int64_t d = 0; d < pairs; ++d) {
+    VF we[G], wo[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) widen_pairs(panel + (d * G + g) * N, we[g], wo[g]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const VF se = splat<float>(src[r * ld + 2 * d]), so = splat<float>(src[r * ld + 2 * d + 1]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        acc[r][g] += se * we[g];
+        odd_acc[r][g] += so * wo[g];
+      }
+    }
   }
+  if (K % 2) {  // the last k has no partner (its high halves are zero)
+    for (int g = 0; g < G; ++g) {
+      VF we, wo;
+      widen_pairs(panel + (pairs * G + g) * N, we, wo);
+      for (int r = 0; r < R; ++r) acc[r][g] += splat<float>(src[r * ld + K - 1]) * we;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] += odd_acc[r][g];
 }
 
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units.
-template <typename T, int R, int G, typename W = T>
+// kAdd: acc[r][g] += the product instead.
+template <typename T, int R, int G, bool kAdd = false>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
-                          const W* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+                                 const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = V{};
+  if constexpr (!kAdd) {
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = V{};
+  }
   if constexpr (R == 1) {
     // One row: 4 independent accumulator chains over k hide the FMA latency (a stream of W at load bandwidth).
     V a1[G] = {}, a2[G] = {}, a3[G] = {};
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
-      const W* w = panel + k * G * N;
+      const T* w = panel + k * G * N;
       const V s0 = splat<T>(src[k]), s1 = splat<T>(src[k + 1]), s2 = splat<T>(src[k + 2]), s3 = splat<T>(src[k + 3]);
 #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
-        acc[0][g] += s0 * load_weights<T>(w + g * N);
-        a1[g] += s1 * load_weights<T>(w + (G + g) * N);
-        a2[g] += s2 * load_weights<T>(w + (2 * G + g) * N);
-        a3[g] += s3 * load_weights<T>(w + (3 * G + g) * N);
+        acc[0][g] += s0 * load<T>(w + g * N, N);
+        a1[g] += s1 * load<T>(w + (G + g) * N, N);
+        a2[g] += s2 * load<T>(w + (2 * G + g) * N, N);
+        a3[g] += s3 * load<T>(w + (3 * G + g) * N, N);
       }
     }
     for (; k < K; ++k) {
       const V s = splat<T>(src[k]);
-      for (int g = 0; g < G; ++g) acc[0][g] += s * load_weights<T>(panel + (k * G + g) * N);
+      for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + (k * G + g) * N, N);
     }
     for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
   } else {
     for (int64_t k = 0; k < K; ++k) {
       V w[G];
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) w[g] = load_weights<T>(panel + (k * G + g) * N);
+      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + (k * G + g) * N, N);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const V s = splat<T>(src[r * ld + k]);
@@ -277,23 +346,63 @@ GRUKIT_INLINE bool valid_step(const int64_t* lengths /* (B,) or null */, int64_t
 
 // ------------------------------------------------------------------------------------------------ forward loop
 
+// Where a step's input-side gate pre-activations x_t W_ih^T + folded biases come from: `gi`, computed for all steps
+// by one GEMM before the loop, or (gi null) the loop itself, from W_ih packed like W_hh (wih, (P, I, 3, N)) and
+// `fold` (3H,) or null: no (T, B, 3H) buffer to write and read back, and the micro-kernel's FLOP rate (small H and
+// large B, where the GEMM runs below it).
+template <typename T>
+struct InputSide {
+  const T* gi;    // (T, B, 3H) or null
+  const T* x;     // (T, B, I) when gi is null
+  const T* wih;   // (P, I, 3, N) when gi is null
+  const T* fold;  // (3H,) or null
+  int64_t I;
+};
+
+// in[r][g] = the input-side pre-activation of gate g for rows b0 + r of step t, hidden units of panel p.
+template <typename T, int R>
+GRUKIT_INLINE void input_gates(const InputSide<T>& side, int64_t t, int64_t B, int64_t H, int64_t b0, int64_t p,
+                               int n, typename Simd<T>::V (&in)[R][3]) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t j0 = p * N;
+  if (side.gi != nullptr) {
+    for (int r = 0; r < R; ++r) {
+      const T* g = side.gi + (t * B + b0 + r) * 3 * H + j0;
+      for (int q = 0; q < 3; ++q) in[r][q] = load<T>(g + q * H, n);
+    }
+    return;
+  }
+  panel_product<T, R, 3>(side.x + (t * B + b0) * side.I, side.I, side.I, side.wih + p * side.I * 3 * N, in);
+  if (side.fold != nullptr) {
+    const V f0 = load<T>(side.fold + j0, n), f1 = load<T>(side.fold + H + j0, n),
+            f2 = load<T>(side.fold + 2 * H + j0, n);
+    for (int r = 0; r < R; ++r) {
+      in[r][0] += f0;
+      in[r][1] += f1;
+      in[r][2] += f2;
+    }
+  }
+}
+
 template <typename T, bool kResetAfter, bool kTrain>
-void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
+void forward_loop(const InputSide<T>& side /* the input-side gate pre-activations */,
                   const T* wpack /* reset_after: (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N) */,
                   const T* b_hn /* (H,) or null; reset_after only */, const T* h0 /* (B, H) */,
                   const int64_t* lengths /* (B,) or null */, T* y /* (T, B, H) out */, T* h_n /* (B, H) out */,
                   T* gates /* training: reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
                   T* hs /* training: (T, B, H) state entering each step */,
-                  T* work /* (3, B, H) scratch: two state buffers and r*h (or z) */, int64_t steps, int64_t B,
+                  T* work /* (4, B, H) scratch: two state buffers, r*h (or z), the input-side n */, int64_t steps,
+                  int64_t B,
                   int64_t H, bool reverse, const Part& part /* this thread's share of the hidden-unit panels */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
-  const int64_t G3 = 3 * H;
   const int64_t gate_stride = kResetAfter ? 4 * H : 3 * H;
   T* h_cur = work;
   T* h_next = work + B * H;
   T* scratch = work + 2 * B * H;  // reset_after=false: r * h for the n product
+  T* x_n = work + 3 * B * H;      // reset_after=false: the input side of n, from phase 1 to phase 2
   const int64_t p_begin = part.begin(P), p_end = part.end(P);
   if (part.tid == 0) std::memcpy(h_cur, h0, sizeof(T) * B * H);
   part.sync();
@@ -301,7 +410,6 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
 
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = reverse ? steps - 1 - s : s;
-    const T* gi_t = gi + t * B * G3;
     T* y_t = y + t * B * H;
     // A sequence past its length keeps its state and outputs zeros (training saves the state it kept).
     auto carry_state = [&](int64_t b, int64_t j0, int n, V hp) {
@@ -317,7 +425,8 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
         const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
-          V acc[R][3];
+          V in[R][3], acc[R][3];
+          input_gates<T, R>(side, t, B, H, b0, p, n, in);
           panel_product<T, R, 3>(h_cur + b0 * H, H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
@@ -327,11 +436,10 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
               carry_state(b, j0, n, hp);
               continue;
             }
-            const T* g = gi_t + b * G3 + j0;
-            const V rg = sigmoid_v(load<T>(g, n) + acc[r][0]);
-            const V zg = sigmoid_v(load<T>(g + H, n) + acc[r][1]);
+            const V rg = sigmoid_v(in[r][0] + acc[r][0]);
+            const V zg = sigmoid_v(in[r][1] + acc[r][1]);
             const V hn = acc[r][2] + bn;
-            const V ng = tanh_v(load<T>(g + 2 * H, n) + rg * hn);
+            const V ng = tanh_v(in[r][2] + rg * hn);
             const V hnew = ng + zg * (hp - ng);
             store<T>(h_next + b * H + j0, hnew, n);
             store<T>(y_t + b * H + j0, hnew, n);
@@ -354,14 +462,15 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
         const T* panel = wpack + p * H * 2 * N;
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
-          V acc[R][2];
+          V in[R][3], acc[R][2];
+          input_gates<T, R>(side, t, B, H, b0, p, n, in);
           panel_product<T, R, 2>(h_cur + b0 * H, H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
-            const T* g = gi_t + b * G3 + j0;
-            const V rg = sigmoid_v(load<T>(g, n) + acc[r][0]);
-            const V zg = sigmoid_v(load<T>(g + H, n) + acc[r][1]);
+            const V rg = sigmoid_v(in[r][0] + acc[r][0]);
+            const V zg = sigmoid_v(in[r][1] + acc[r][1]);
+            store<T>(x_n + b * H + j0, in[r][2], n);
             store<T>(scratch + b * H + j0, rg * load<T>(h_cur + b * H + j0, n), n);
             store<T>(h_next + b * H + j0, zg, n);
             if constexpr (kTrain) {
@@ -391,7 +500,7 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
               continue;
             }
             const V zg = load<T>(h_next + b * H + j0, n);
-            const V ng = tanh_v(load<T>(gi_t + b * G3 + 2 * H + j0, n) + acc[r][0]);
+            const V ng = tanh_v(load<T>(x_n + b * H + j0, n) + acc[r][0]);
             const V hnew = ng + zg * (hp - ng);
             store<T>(h_next + b * H + j0, hnew, n);
             store<T>(y_t + b * H + j0, hnew, n);
@@ -412,23 +521,34 @@ void forward_loop(const T* gi /* (T, B, 3H): x W_ih^T + folded biases */,
 // ------------------------------------------------------------------------------------------------ streaming step
 
 // One time step of the reset_after form with no lengths (the streaming step): the input product comes from W_ih
-// packed like W_hh, so the step makes no ATen call and needs no gi buffer. h_n and y_t get the new state.
+// packed like W_hh, so the step makes no ATen call and needs no gi buffer. h_n and y_t get the new state. W = T, or
+// bf16x2_t for float32 with bfloat16 weight pairs.
+template <typename T, int R, int G, typename W>
+GRUKIT_INLINE void weight_product(const T* src, int64_t ld, int64_t K, const W* panel,
+                                  typename Simd<T>::V (&acc)[R][G]) {
+  if constexpr (std::is_same_v<W, T>) {
+    panel_product<T, R, G>(src, ld, K, panel, acc);
+  } else {
+    panel_product_pairs<R, G>(src, ld, K, panel, acc);
+  }
+}
+
 template <typename T, typename W = T>
-void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, I, 3, N) */,
-                 const W* whh /* (P, H, 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
+void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, depth(I), 3, N) */,
+                 const W* whh /* (P, depth(H), 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
                  const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
                  int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  const int64_t P = (H + N - 1) / N;
+  const int64_t panel_i_size = panel_depth<W>(I) * 3 * N, panel_h_size = panel_depth<W>(H) * 3 * N;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t j0 = p * N;
     const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-    const W* panel_i = wih + p * I * 3 * N;
-    const W* panel_h = whh + p * H * 3 * N;
+    const W* panel_i = wih + p * panel_i_size;
+    const W* panel_h = whh + p * panel_h_size;
     if (p + 1 < p_end) {  // the next panels: start their first lines on the way while this one computes
-      __builtin_prefetch(panel_h + H * 3 * N);
-      __builtin_prefetch(panel_i + I * 3 * N);
+      __builtin_prefetch(panel_h + panel_h_size);
+      __builtin_prefetch(panel_i + panel_i_size);
     }
     const V f0 = fold ? load<T>(fold + j0, n) : V{};
     const V f1 = fold ? load<T>(fold + H + j0, n) : V{};
@@ -437,8 +557,8 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
       V ai[R][3], ah[R][3];
-      panel_product<T, R, 3, W>(x + b0 * I, I, I, panel_i, ai);
-      panel_product<T, R, 3, W>(h0 + b0 * H, H, H, panel_h, ah);
+      weight_product<T, R, 3, W>(x + b0 * I, I, I, panel_i, ai);
+      weight_product<T, R, 3, W>(h0 + b0 * H, H, H, panel_h, ah);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const int64_t b = b0 + r;
@@ -649,6 +769,16 @@ int team_size(int64_t B, int64_t H, int64_t I) {
   return at::get_num_threads() >= 2 && 2.0 * B * 3 * H * (H + I) >= kSplitFlops ? 2 : 1;
 }
 
+// The forward loop computes the input product itself (InputSide with no gi) when each packed weight panel serves
+// at least kFuseBatch rows, so the micro-kernel is compute-bound, and W_ih and W_hh together fit kFuseBytes (about
+// the L2 cache: both are read once per step); otherwise one GEMM computes it for all steps first.
+constexpr int64_t kFuseBatch = 8;
+constexpr int64_t kFuseBytes = 2 << 20;
+
+bool fuse_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_bytes) {
+  return T >= 2 && B >= kFuseBatch && 3 * H * (I + H) * element_bytes <= kFuseBytes;
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh) {
   TORCH_CHECK(x.device().is_cpu(), "grukit cpu backend: x must be a CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -791,15 +921,17 @@ std::vector<at::Tensor> gru_step_direct(const at::Tensor& x_in, const at::Tensor
   return {y, h_n};
 }
 
-// W (3H, K) of float32 packed like pack_ih / pack_hh(w, true), (P, K, 3, N), rounded to bfloat16 (an int16 tensor).
+// W (3H, K) of float32 packed like pack_ih / pack_hh(w, true), rounded to bfloat16 in pairs along k,
+// (P, ceil(K/2), 3, N) pairs (an int32 tensor).
 at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */) {
   TORCH_CHECK(w_in.scalar_type() == at::kFloat, "grukit stepper: bfloat16 weights need a float32 model, got ",
               w_in.scalar_type());
   const at::Tensor w = w_in.contiguous();
   const int64_t H = w.size(0) / 3, K = w.size(1);
   constexpr int N = Simd<float>::N;
-  at::Tensor out = at::empty({(H + N - 1) / N * K * 3 * N}, w.options().dtype(at::kShort));
-  pack_gate_panels<float, bf16_t>(w.data_ptr<float>(), K, H, 0, 3, reinterpret_cast<bf16_t*>(out.data_ptr<int16_t>()));
+  at::Tensor out = at::empty({(H + N - 1) / N * panel_depth<bf16x2_t>(K) * 3 * N}, w.options().dtype(at::kInt));
+  pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 3,
+                                    reinterpret_cast<bf16x2_t*>(out.data_ptr<int32_t>()));
   return out;
 }
 
@@ -891,7 +1023,7 @@ class Stepper {
       // refuses bfloat16 for float64, so that combination compiles to the plain kernel and never runs).
       auto layer_step = [&](auto rounded, const Layer& w, const scalar_t* in, scalar_t* y_out, scalar_t* out,
                             const scalar_t* h_l, const Part& part) {
-        using Wt = std::conditional_t<decltype(rounded)::value && std::is_same_v<scalar_t, float>, bf16_t, scalar_t>;
+        using Wt = std::conditional_t<decltype(rounded)::value && std::is_same_v<scalar_t, float>, bf16x2_t, scalar_t>;
         const Wt* wih = static_cast<const Wt*>(w.wih.data_ptr());
         const Wt* whh = static_cast<const Wt*>(w.whh.data_ptr());
         step_kernel<scalar_t, Wt>(in, h_l, wih, whh, w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr,
@@ -936,7 +1068,7 @@ class Stepper {
   }
 
   struct Layer {
-    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), (P, H, 3, N); folded biases or undefined
+    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), (P, H, 3, N) (bf16: pairs); folded biases or undefined
     int64_t in;                       // input width I of this layer
   };
   std::vector<Layer> layers_;
@@ -961,24 +1093,27 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous();
   const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
-  const at::Tensor x2 = x.reshape({T * B, I});
-  at::Tensor gi;
-  at::Tensor b_hn;
+  at::Tensor fold, b_hn;
   if (fold_in.has_value()) {  // biases folded once by the caller's cache
     check_folded(*fold_in, b_hn_in, x, H, reset_after);
+    fold = *fold_in;
     if (b_hn_in.has_value()) b_hn = *b_hn_in;
-    gi = at::addmm(*fold_in, x2, w_ih.t());
   } else if (b_ih.has_value() && b_hh.has_value()) {
-    at::Tensor fold = b_ih->contiguous().clone();
+    fold = b_ih->contiguous().clone();
     if (reset_after) {
       fold.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H));
       b_hn = b_hh->narrow(0, 2 * H, H).contiguous();
     } else {
       fold.add_(*b_hh);
     }
-    gi = at::addmm(fold, x2, w_ih.t());
+  }
+  const bool fused = fuse_input(T, B, I, H, x.element_size());
+  at::Tensor gi, wih_pack;
+  if (fused) {
+    wih_pack = pack_ih(w_ih);
   } else {
-    gi = at::mm(x2, w_ih.t());
+    const at::Tensor x2 = x.reshape({T * B, I});
+    gi = fold.defined() ? at::addmm(fold, x2, w_ih.t()) : at::mm(x2, w_ih.t());
   }
   at::Tensor lengths;
   if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
@@ -987,7 +1122,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   at::Tensor h_n = at::empty({B, H}, opts);
   at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
   at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
-  at::Tensor work = at::empty({3 * B * H}, opts);
+  at::Tensor work = at::empty({4 * B * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
     constexpr int N = Simd<scalar_t>::N;
@@ -1005,9 +1140,12 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
     scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = train ? hs.data_ptr<scalar_t>() : nullptr;
+    const InputSide<scalar_t> side{fused ? nullptr : gi.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                   fused ? wih_pack.data_ptr<scalar_t>() : nullptr,
+                                   fused && fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, I};
     auto run = [&](auto kernel) {
-      grukit::Team::instance().run(team_size(B, H, 0), [&](const Part& part) {
-        kernel(gi.data_ptr<scalar_t>(), wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
+      grukit::Team::instance().run(team_size(B, H, fused ? I : 0), [&](const Part& part) {
+        kernel(side, wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
                h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, part);
       });
     };

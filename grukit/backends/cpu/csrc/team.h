@@ -1,6 +1,7 @@
 // A pair of threads for one kernel call: the calling thread and one persistent worker, with a barrier that spins
-// for a few microseconds and then sleeps on a condition variable (so a busy second core costs a futex wake, never
-// a spinning thread that steals the core its partner needs).
+// for a bounded time (50 µs, or a quarter of the waiter's step when that is longer, at most 200 µs) and then sleeps
+// on a condition variable (so a busy second core costs a bounded spin and a futex wake, never a spinning thread
+// that holds the core its partner needs for long).
 //
 // Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the worker. The job runs on
 // one thread instead when n is 1, when the worker is serving another caller (two Python threads calling kernels at
@@ -14,6 +15,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -84,7 +86,9 @@ struct Part {
 
 class Team {
  public:
-  static constexpr int64_t kBarrierSpinNs = 5000;  // a step's two halves finish within this of each other
+  static constexpr int64_t kBarrierSpinNs = 50000;     // the least: more than a futex wake takes (see sync)
+  static constexpr int64_t kMaxBarrierSpinNs = 200000;  // the most (a step of about a millisecond)
+  static constexpr int64_t kSpinShare = 4;              // spin up to a quarter of the waiter's own step
   static constexpr int64_t kIdleSpinNs = 30000;    // the worker waits this long for the next call (streaming)
   static constexpr int kBackoffJobs = 64;
   enum Mode { kNever = 0, kAuto = 1, kAlways = 2 };
@@ -130,16 +134,25 @@ class Team {
   // How many jobs ran on two threads (the tests' window on the split).
   uint64_t split_jobs() const { return split_jobs_.load(std::memory_order_relaxed); }
 
-  // The barrier of a two-thread job: the second arrival releases the first.
+  // The barrier of a two-thread job: the second arrival releases the first. The first spins for
+  // max(kBarrierSpinNs, its own work since its last barrier / kSpinShare) before it sleeps: two halves of a long
+  // step finish microseconds apart (a fixed few-µs spin would sleep at every step, and every sleep costs a futex
+  // wake), while a partner descheduled by a busy core costs at most that share of a step before the wait sleeps.
   void sync() {
+    using Clock = std::chrono::steady_clock;
+    thread_local Clock::time_point last_exit{};
+    const auto arrive = Clock::now();
+    const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
+    const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, worked_ns / kSpinShare));
     const uint32_t gen = barrier_.get();
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == 1) {
       arrived_.store(0, std::memory_order_relaxed);
       barrier_.publish(gen + 1);
     } else {
       ++syncs_;  // only the first arrival counts, so each barrier once
-      if (barrier_.wait_while(gen, kBarrierSpinNs)) slept_.fetch_add(1, std::memory_order_relaxed);
+      if (barrier_.wait_while(gen, spin_ns)) slept_.fetch_add(1, std::memory_order_relaxed);
     }
+    last_exit = Clock::now();
   }
 
  private:
