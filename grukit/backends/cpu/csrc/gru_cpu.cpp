@@ -278,16 +278,13 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
 }
 
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units.
-// kAdd: acc[r][g] += the product instead.
-template <typename T, int R, int G, bool kAdd = false>
+template <typename T, int R, int G>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
                                  const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  if constexpr (!kAdd) {
-    for (int r = 0; r < R; ++r)
-      for (int g = 0; g < G; ++g) acc[r][g] = V{};
-  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = V{};
   if constexpr (R == 1) {
     // One row: 4 independent accumulator chains over k hide the FMA latency (a stream of W at load bandwidth).
     V a1[G] = {}, a2[G] = {}, a3[G] = {};
@@ -359,6 +356,13 @@ struct InputSide {
   int64_t I;
 };
 
+// f[g] = the folded input-side bias of gate g for the n hidden units from j0 (zeros when fold is null).
+template <typename T>
+GRUKIT_INLINE void load_gate_biases(const T* fold /* (3H,) or null */, int64_t H, int64_t j0, int n,
+                                    typename Simd<T>::V (&f)[3]) {
+  for (int g = 0; g < 3; ++g) f[g] = fold ? load<T>(fold + g * H + j0, n) : typename Simd<T>::V{};
+}
+
 // in[r][g] = the input-side pre-activation of gate g for rows b0 + r of step t, hidden units of panel p.
 template <typename T, int R>
 GRUKIT_INLINE void input_gates(const InputSide<T>& side, int64_t t, int64_t B, int64_t H, int64_t b0, int64_t p,
@@ -375,13 +379,10 @@ GRUKIT_INLINE void input_gates(const InputSide<T>& side, int64_t t, int64_t B, i
   }
   panel_product<T, R, 3>(side.x + (t * B + b0) * side.I, side.I, side.I, side.wih + p * side.I * 3 * N, in);
   if (side.fold != nullptr) {
-    const V f0 = load<T>(side.fold + j0, n), f1 = load<T>(side.fold + H + j0, n),
-            f2 = load<T>(side.fold + 2 * H + j0, n);
-    for (int r = 0; r < R; ++r) {
-      in[r][0] += f0;
-      in[r][1] += f1;
-      in[r][2] += f2;
-    }
+    V f[3];
+    load_gate_biases<T>(side.fold, H, j0, n, f);
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < 3; ++g) in[r][g] += f[g];
   }
 }
 
@@ -550,9 +551,8 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
       __builtin_prefetch(panel_h + panel_h_size);
       __builtin_prefetch(panel_i + panel_i_size);
     }
-    const V f0 = fold ? load<T>(fold + j0, n) : V{};
-    const V f1 = fold ? load<T>(fold + H + j0, n) : V{};
-    const V f2 = fold ? load<T>(fold + 2 * H + j0, n) : V{};
+    V f[3];
+    load_gate_biases<T>(fold, H, j0, n, f);
     const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
@@ -563,9 +563,9 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
       for (int r = 0; r < R; ++r) {
         const int64_t b = b0 + r;
         const V hp = load<T>(h0 + b * H + j0, n);
-        const V rg = sigmoid_v((f0 + ai[r][0]) + ah[r][0]);
-        const V zg = sigmoid_v((f1 + ai[r][1]) + ah[r][1]);
-        const V ng = tanh_v((f2 + ai[r][2]) + rg * (ah[r][2] + bn));
+        const V rg = sigmoid_v((f[0] + ai[r][0]) + ah[r][0]);
+        const V zg = sigmoid_v((f[1] + ai[r][1]) + ah[r][1]);
+        const V ng = tanh_v((f[2] + ai[r][2]) + rg * (ah[r][2] + bn));
         const V hnew = ng + zg * (hp - ng);
         store<T>(h_n + b * H + j0, hnew, n);
         if (y != h_n) store<T>(y + b * H + j0, hnew, n);

@@ -142,14 +142,14 @@ class Team {
     using Clock = std::chrono::steady_clock;
     thread_local Clock::time_point last_exit{};
     const auto arrive = Clock::now();
-    const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
-    const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, worked_ns / kSpinShare));
     const uint32_t gen = barrier_.get();
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == 1) {
       arrived_.store(0, std::memory_order_relaxed);
       barrier_.publish(gen + 1);
     } else {
       ++syncs_;  // only the first arrival counts, so each barrier once
+      const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
+      const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, worked_ns / kSpinShare));
       if (barrier_.wait_while(gen, spin_ns)) slept_.fetch_add(1, std::memory_order_relaxed);
     }
     last_exit = Clock::now();
