@@ -107,6 +107,9 @@ def ort_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # its workers spin during a run as usual, but stop when it ends: left spinning (the default), they hold the
+    # second core for tens of ms after each call and every 2-thread competitor timed next shares its core
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

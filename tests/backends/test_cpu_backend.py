@@ -538,9 +538,12 @@ def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
         return [out, stepper.state]
 
     for fn in (train, steps) if reset_after else (train,):
-        split = ext.split_jobs()
+        before = ext.split_stats()
         one, two = _one_and_two_threads(fn)
-        assert ext.split_jobs() > split  # two threads served the second run
+        after = ext.split_stats()
+        assert after["split_jobs"] > before["split_jobs"]  # two threads served the second run
+        assert after["barrier_waits"] >= before["barrier_waits"] + len(x)  # with a barrier in every step
+        assert after["barrier_sleeps"] - before["barrier_sleeps"] <= after["barrier_waits"] - before["barrier_waits"]
         for a, b in zip(one, two, strict=True):
             assert torch.equal(a, b)
 

@@ -1282,7 +1282,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           },
           "step as a builtin bound to this stepper: the cheapest call, (x, h[, y_out, h_out]) as bound_step");
   m.def("split_flops", [] { return kSplitFlops; }, "FLOPs per step from which a step is split over two threads");
-  m.def("split_jobs", [] { return grukit::Team::instance().split_jobs(); }, "kernel calls run on two threads so far");
+  m.def(
+      "split_stats",
+      [] {
+        auto& team = grukit::Team::instance();
+        return py::dict(py::arg("split_jobs") = team.split_jobs(), py::arg("barrier_waits") = team.barrier_waits(),
+                        py::arg("barrier_sleeps") = team.barrier_sleeps(), py::arg("backoffs") = team.backoffs());
+      },
+      "counts so far: jobs split over two threads, barriers waited at, of them slept at, back-offs to one thread");
   m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
         "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
         "torch allows two threads and the step is large enough", py::arg("mode"));

@@ -36,9 +36,12 @@ namespace grukit {
 // A counter that threads wait on to change: a short spin, then a sleep (notified only when someone sleeps).
 class Signal {
  public:
+  using Clock = std::chrono::steady_clock;
+
   uint32_t get() const { return value_.load(std::memory_order_seq_cst); }
 
   void publish(uint32_t v) {
+    published_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     value_.store(v, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -46,14 +49,15 @@ class Signal {
     }
   }
 
-  // Returns once the value differs from `old`: spins up to spin_ns, then sleeps. Returns whether it slept.
-  bool wait_while(uint32_t old, int64_t spin_ns) {
-    if (get() != old) return false;
-    const auto start = std::chrono::steady_clock::now();
+  // Returns once the value differs from `old`: spins up to spin_ns, then sleeps. Returns 0 if it did not sleep,
+  // else how long the wake took: ns from the publish that changed the value to this thread running again (>= 1).
+  int64_t wait_while(uint32_t old, int64_t spin_ns) {
+    if (get() != old) return 0;
+    const auto start = Clock::now();
     for (int i = 1;; ++i) {
       GRUKIT_PAUSE();
-      if (get() != old) return false;
-      if ((i & 63) == 0 && std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(spin_ns)) break;
+      if (get() != old) return 0;
+      if ((i & 63) == 0 && Clock::now() - start > std::chrono::nanoseconds(spin_ns)) break;
     }
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
     {
@@ -61,11 +65,13 @@ class Signal {
       cv_.wait(lock, [&] { return get() != old; });
     }
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-    return true;
+    const int64_t woke = Clock::now().time_since_epoch().count();
+    return std::max<int64_t>(1, woke - published_.load(std::memory_order_relaxed));
   }
 
  private:
   std::atomic<uint32_t> value_{0};
+  std::atomic<int64_t> published_{0};  // steady_clock ticks (ns) of the last publish
   std::atomic<int> sleepers_{0};
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -119,9 +125,12 @@ class Team {
     jobs_.publish(jobs_.get() + 1);
     job(Part{0, 2, this});
     ++syncs_;
-    if (done_.wait_while(done, kIdleSpinNs)) ++slept_;
+    if (done_.wait_while(done, kIdleSpinNs) > 0) ++slept_;
     if (syncs_ >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
-      if (4 * slept_ > syncs_) backoff_ = kBackoffJobs;
+      if (4 * slept_ > syncs_) {
+        backoff_ = kBackoffJobs;
+        backoffs_.fetch_add(1, std::memory_order_relaxed);
+      }
       syncs_ = slept_ = 0;
     }
   }
@@ -133,11 +142,18 @@ class Team {
 
   // How many jobs ran on two threads (the tests' window on the split).
   uint64_t split_jobs() const { return split_jobs_.load(std::memory_order_relaxed); }
+  // Barriers waited at, of them slept at, and back-offs to one thread, all so far (diagnostics).
+  uint64_t barrier_waits() const { return waits_.load(std::memory_order_relaxed); }
+  uint64_t barrier_sleeps() const { return barrier_sleeps_.load(std::memory_order_relaxed); }
+  uint64_t backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
 
   // The barrier of a two-thread job: the second arrival releases the first. The first spins for
-  // max(kBarrierSpinNs, its own work since its last barrier / kSpinShare) before it sleeps: two halves of a long
-  // step finish microseconds apart (a fixed few-µs spin would sleep at every step, and every sleep costs a futex
-  // wake), while a partner descheduled by a busy core costs at most that share of a step before the wait sleeps.
+  // max(kBarrierSpinNs, its own work since its last barrier / kSpinShare, twice the last wake from a barrier sleep),
+  // at most kMaxBarrierSpinNs, before it sleeps: two halves of a long step finish microseconds apart (a fixed few-µs
+  // spin would sleep at every step, and every sleep costs a futex wake), while a partner descheduled by a busy core
+  // costs at most that share of a step before the wait sleeps. The wake term breaks convoys: on a VM waking a
+  // sleeping vCPU can take longer (80 µs measured here) than the base spin, so after one sleep the woken thread
+  // arrives late at every later barrier, the partner's spin runs out, it sleeps in turn, and every step pays a wake.
   void sync() {
     using Clock = std::chrono::steady_clock;
     thread_local Clock::time_point last_exit{};
@@ -148,9 +164,16 @@ class Team {
       barrier_.publish(gen + 1);
     } else {
       ++syncs_;  // only the first arrival counts, so each barrier once
+      waits_.fetch_add(1, std::memory_order_relaxed);
       const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
-      const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, worked_ns / kSpinShare));
-      if (barrier_.wait_while(gen, spin_ns)) slept_.fetch_add(1, std::memory_order_relaxed);
+      const int64_t wanted = std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed));
+      const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted));
+      const int64_t wake_ns = barrier_.wait_while(gen, spin_ns);
+      if (wake_ns > 0) {
+        wake_ns_.store(wake_ns, std::memory_order_relaxed);
+        slept_.fetch_add(1, std::memory_order_relaxed);
+        barrier_sleeps_.fetch_add(1, std::memory_order_relaxed);
+      }
     }
     last_exit = Clock::now();
   }
@@ -173,6 +196,8 @@ class Team {
   Signal jobs_, done_, barrier_;
   std::atomic<int> arrived_{0};
   std::atomic<uint64_t> split_jobs_{0};
+  std::atomic<uint64_t> waits_{0}, barrier_sleeps_{0}, backoffs_{0};
+  std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
   std::atomic<int> backoff_{0};     // jobs left to run on one thread (kAuto)
   std::atomic<int> syncs_{0};       // waits since the last judgement: barriers (by their first arrival), job ends
