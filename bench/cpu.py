@@ -351,8 +351,9 @@ def _threads_tables(one: int, n: int, infer: list[dict], stream: list[dict], tra
     """The n-thread columns beside the one-thread ones, from the same interleaved rounds."""
     lines = [
         "",
-        f"{n} threads against {one} (same rounds; grukit splits a step's hidden units over two threads when the step "
-        f"has ≥ {load_extension().split_flops() / 1e6:.1f} MFLOP, else runs one):",
+        f"{n} threads against {one} (same rounds; grukit splits a step's hidden units over two threads when the step's "
+        f"estimated time, its FLOPs at 90 GFLOP/s or its weight bytes at 100 GB/s, is ≥ "
+        f"{load_extension().split_ns() / 1e3:.0f} µs, else runs one):",
         "",
         f"| case | torch.nn.GRU {n}t | onnxruntime {n}t | grukit {one}t | grukit {n}t | grukit {n}t / {one}t speed-up "
         f"| grukit {n}t vs torch {n}t | vs ort {n}t |",

@@ -521,7 +521,7 @@ def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
     before and after the time loop are torch's, and run at one thread count per comparison's side)."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
-    gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after)  # 260: a tail panel; 3H(H) > split_flops
+    gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after)  # 260: a tail panel; a step over split_ns
     x, lengths = torch.randn(12, 2, 40), torch.tensor([12, 7])
     ext = load_extension()
 

@@ -760,13 +760,20 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
 // ------------------------------------------------------------------------------------------------ bindings
 
 // A time step is split over two threads (hidden-unit panels, one barrier per step) when torch allows two threads
-// (torch.set_num_threads / OMP_NUM_THREADS) and the step holds at least this many FLOPs: below it the barrier's
-// cost (about a microsecond when both cores are free) eats the gain. B = 1 at H = 256 is 0.39 MFLOP per step.
-constexpr double kSplitFlops = 3e5;
+// (torch.set_num_threads / OMP_NUM_THREADS) and the step's estimated time is at least kSplitNs: below it the
+// barrier's cost (a few µs per step: the cache lines of h cross cores, and the partner may arrive late) eats the
+// gain. The estimate is the longer of the step's FLOPs at kStepFlopsPerNs and the weight bytes it streams at
+// kStepBytesPerNs (one core, from the notes' ceilings): B = 1 at H = 256 streams 0.79 MB (8 µs, measured 1.7x on
+// two threads), while B = 8 at H = 64 with the input fused has 0.39 MFLOP but only 4 µs (measured no gain).
+constexpr double kSplitNs = 6000;
+constexpr double kStepFlopsPerNs = 90;
+constexpr double kStepBytesPerNs = 100;
 
-// Threads for a loop whose step multiplies B rows by a (3H, H + I) matrix.
-int team_size(int64_t B, int64_t H, int64_t I) {
-  return at::get_num_threads() >= 2 && 2.0 * B * 3 * H * (H + I) >= kSplitFlops ? 2 : 1;
+// Threads for a loop whose step multiplies B rows by a (3H, H + I) matrix of `weight_bytes` per element.
+int team_size(int64_t B, int64_t H, int64_t I, int64_t weight_bytes) {
+  const double elements = 3.0 * H * (H + I);
+  const double step_ns = std::max(2.0 * B * elements / kStepFlopsPerNs, elements * weight_bytes / kStepBytesPerNs);
+  return at::get_num_threads() >= 2 && step_ns >= kSplitNs ? 2 : 1;
 }
 
 // The forward loop computes the input product itself (InputSide with no gi) when each packed weight panel serves
@@ -881,7 +888,7 @@ std::vector<at::Tensor> gru_step(const at::Tensor& x_in /* (1, B, I) */, const a
     TORCH_CHECK(wpack_ih.is_contiguous() && wpack_ih.numel() == P * I * 3 * N && wpack_hh.is_contiguous() &&
                     wpack_hh.numel() == P * H * 3 * N,
                 "grukit cpu step: packed weights do not match x and h0");
-    grukit::Team::instance().run(team_size(B, H, I), [&](const Part& part) {
+    grukit::Team::instance().run(team_size(B, H, I, x.element_size()), [&](const Part& part) {
       step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), wpack_ih.data_ptr<scalar_t>(),
                             wpack_hh.data_ptr<scalar_t>(), fold.has_value() ? fold->data_ptr<scalar_t>() : nullptr,
                             b_hn.has_value() ? b_hn->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
@@ -1030,7 +1037,8 @@ class Stepper {
                                   w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr, y_out, out, B, w.in, H_,
                                   part.begin(P), part.end(P));
       };
-      grukit::Team::instance().run(team_size(B * L, H_, inputs / L), [&](const Part& part) {
+      const int64_t weight_bytes = bf16_ ? 2 : static_cast<int64_t>(sizeof(scalar_t));
+      grukit::Team::instance().run(team_size(B * L, H_, inputs / L, weight_bytes), [&](const Part& part) {
         const scalar_t* in = x.data_ptr<scalar_t>();
         for (int64_t l = 0; l < L; ++l) {
           scalar_t* out = h_n.data_ptr<scalar_t>() + l * B * H_;
@@ -1144,7 +1152,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
                                    fused ? wih_pack.data_ptr<scalar_t>() : nullptr,
                                    fused && fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, I};
     auto run = [&](auto kernel) {
-      grukit::Team::instance().run(team_size(B, H, fused ? I : 0), [&](const Part& part) {
+      grukit::Team::instance().run(team_size(B, H, fused ? I : 0, x.element_size()), [&](const Part& part) {
         kernel(side, wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
                h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, part);
       });
@@ -1281,7 +1289,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             return py::reinterpret_steal<py::object>(fn);
           },
           "step as a builtin bound to this stepper: the cheapest call, (x, h[, y_out, h_out]) as bound_step");
-  m.def("split_flops", [] { return kSplitFlops; }, "FLOPs per step from which a step is split over two threads");
+  m.def("split_ns", [] { return kSplitNs; },
+        "estimated ns per step (FLOPs at 90 GFLOP/s or weight bytes at 100 GB/s) from which a step is split over two "
+        "threads");
   m.def(
       "split_stats",
       [] {

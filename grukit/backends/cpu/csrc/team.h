@@ -6,8 +6,10 @@
 // Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the worker. The job runs on
 // one thread instead when n is 1, when the worker is serving another caller (two Python threads calling kernels at
 // once), after a fork (the child has no worker), or while backing off: when a quarter of a job's barriers had to
-// sleep (the other core is busy, so each step would wait for a descheduled partner), the next kBackoffJobs jobs run
-// on one thread and then two threads are tried again. set_mode() pins the choice (tests, benchmarks). Inside a job,
+// sleep (the other core is busy, so each step would wait for a descheduled partner), jobs run on one thread for
+// kMinBackoffNs, then two threads are tried again; each back-off that follows a failed retry lasts twice as long
+// (at most kMaxBackoffNs), and a retry that goes well resets it. A duration, not a count of jobs: a count would
+// span seconds of long calls after one short burst on the other core, or no time at all for streaming steps. set_mode() pins the choice (tests, benchmarks). Inside a job,
 // part.sync() is a barrier of the job's threads. Results never depend on the thread count: the kernels give each
 // hidden unit to one thread with the same arithmetic.
 
@@ -96,7 +98,8 @@ class Team {
   static constexpr int64_t kMaxBarrierSpinNs = 200000;  // the most (a step of about a millisecond)
   static constexpr int64_t kSpinShare = 4;              // spin up to a quarter of the waiter's own step
   static constexpr int64_t kIdleSpinNs = 30000;    // the worker waits this long for the next call (streaming)
-  static constexpr int kBackoffJobs = 64;
+  static constexpr int64_t kMinBackoffNs = 50'000'000;   // 50 ms
+  static constexpr int64_t kMaxBackoffNs = 5'000'000'000;  // 5 s
   enum Mode { kNever = 0, kAuto = 1, kAlways = 2 };
 
   static Team& instance() {
@@ -111,8 +114,7 @@ class Team {
   template <typename F>
   void run(int n, F&& job) {
     const int mode = mode_.load(std::memory_order_relaxed);
-    if (n < 2 || mode == kNever || forked_ || (mode == kAuto && backoff_ > 0) || !busy_.try_lock()) {
-      if (n >= 2 && mode == kAuto && backoff_ > 0) --backoff_;  // callers may race here: the count is a heuristic
+    if (n < 2 || mode == kNever || forked_ || (mode == kAuto && backing_off()) || !busy_.try_lock()) {
       job(Part{0, 1, this});
       return;
     }
@@ -128,8 +130,12 @@ class Team {
     if (done_.wait_while(done, kIdleSpinNs) > 0) ++slept_;
     if (syncs_ >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
       if (4 * slept_ > syncs_) {
-        backoff_ = kBackoffJobs;
+        const int64_t wait = backoff_ns_;
+        solo_until_ = now_ns() + wait;
+        backoff_ns_ = std::min(2 * wait, kMaxBackoffNs);
         backoffs_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        backoff_ns_ = kMinBackoffNs;
       }
       syncs_ = slept_ = 0;
     }
@@ -137,7 +143,8 @@ class Team {
 
   void set_mode(int mode) {
     mode_ = mode;
-    backoff_ = 0;
+    solo_until_ = 0;
+    backoff_ns_ = kMinBackoffNs;
   }
 
   // How many jobs ran on two threads (the tests' window on the split).
@@ -179,6 +186,20 @@ class Team {
   }
 
  private:
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Whether a back-off is running (the clock is read only while one was set).
+  bool backing_off() {
+    const int64_t until = solo_until_.load(std::memory_order_relaxed);
+    if (until == 0) return false;
+    if (now_ns() < until) return true;
+    solo_until_.store(0, std::memory_order_relaxed);
+    return false;
+  }
+
   void loop(uint32_t seen /* the job count before this thread's first job */) {
     for (;;) {
       jobs_.wait_while(seen, kIdleSpinNs);
@@ -199,7 +220,8 @@ class Team {
   std::atomic<uint64_t> waits_{0}, barrier_sleeps_{0}, backoffs_{0};
   std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
-  std::atomic<int> backoff_{0};     // jobs left to run on one thread (kAuto)
+  std::atomic<int64_t> solo_until_{0};              // steady_clock ns until which jobs run on one thread, or 0
+  std::atomic<int64_t> backoff_ns_{kMinBackoffNs};  // the next back-off's length
   std::atomic<int> syncs_{0};       // waits since the last judgement: barriers (by their first arrival), job ends
   std::atomic<int> slept_{0};       // of which the waiting thread had to sleep
 };
