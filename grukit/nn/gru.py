@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from grukit.backends.contract import GRUConfig, GRUMasks, GRUWeights
+from grukit.backends.contract import NO_MASKS, GRUConfig, GRUMasks, GRUWeights
 from grukit.backends.dispatch import gru_backend
 from grukit.nn.checks import batch_input, check_hidden, check_probability, check_rnn_args, check_sequence
 from grukit.nn.streaming import StreamingMixin
@@ -270,23 +270,17 @@ class GRU(StreamingMixin, nn.Module):
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
-                index = layer * directions + direction
+                h0 = hx[layer * directions + direction]
                 config = self._config(direction, self.training)
                 backend = gru_backend(layer_input, config, lengths)
-                output, state = backend.gru_layer(
-                    layer_input,
-                    hx[index],
-                    self._layer_weights(layer, direction),
-                    config,
-                    lengths,
-                    self._masks(layer_input, hx[index]),
-                )
+                weights, masks = self._layer_weights(layer, direction), self._masks(layer_input, h0)
+                output, state = backend.gru_layer(layer_input, h0, weights, config, lengths, masks)
                 outputs.append(output)
                 states.append(state)
             layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, torch.stack(states)
+        return layer_input, torch.stack(states) if len(states) > 1 else states[0].unsqueeze(0)
 
     def _config(self, direction: int, training: bool) -> GRUConfig:
         fields = (
@@ -301,9 +295,13 @@ class GRU(StreamingMixin, nn.Module):
 
     def _layer_weights(self, layer: int, direction: int) -> GRUWeights:
         suffix = self._suffix(layer, direction)
+        own = self._parameters
 
         def param(stem: str) -> Tensor:
-            return getattr(self, stem + suffix)
+            # the module's own dict first (nn.Module.__getattr__ costs ~0.5 us a lookup on the per-call path);
+            # getattr for what lives elsewhere (torch.nn.utils.parametrize, weight_norm's plain attributes)
+            found = own.get(stem + suffix)
+            return found if found is not None else getattr(self, stem + suffix)
 
         w_hh = param("weight_hh")
         if self.dropconnect > 0 and self.training:
@@ -315,7 +313,7 @@ class GRU(StreamingMixin, nn.Module):
     def _masks(self, x: Tensor, h0: Tensor) -> GRUMasks:
         """Sample the training masks of one layer and direction. x: (T, B, I), h0: (B, H)."""
         if not self.training:
-            return GRUMasks()
+            return NO_MASKS
         dropout_mask = zoneout_mask = None
         if self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout

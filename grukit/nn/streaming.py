@@ -113,6 +113,11 @@ class Stepper:
                 "stepper(bf16=True) needs a fused stepper: the cpu backend, a float32 GRU with reset_after=True and "
                 "no layer_norm or zoneout; use stepper() for this model"
             )
+        self.__dict__.pop("step", None)  # the guarded builtin of a previous binding
+        guard = getattr(getattr(self._fused, "__self__", None), "guard", None)
+        if guard is not None:  # the cpu backend: a plain step(x, state) runs this method's checks in C++, no Python
+            snapshot = self._snapshot
+            self.step = guard(Stepper.step.__get__(self), self.module, snapshot.own, snapshot.values)
         self._initial: dict[int | None, Tensor] = {}
 
     def step(

@@ -173,19 +173,44 @@ def _new_storage(gru):
     "change", [_bump_in_place, _bump_detached_view, _load_state_dict, _optimizer_step, _replace_parameter, _new_storage]
 )
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_stepper_raises_after_a_detectable_change_until_refreshed(change, reset_after, monkeypatch):
+@pytest.mark.parametrize("state", [None, "given"])  # given: the cpu backend's guarded builtin checks, not Python
+def test_stepper_raises_after_a_detectable_change_until_refreshed(change, reset_after, state, monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     torch.manual_seed(0)
     gru = grukit.GRU(4, 6, num_layers=2, reset_after=reset_after).eval()
     x = torch.randn(2, 4)
+    h = None if state is None else torch.zeros(2, 2, 6)
     stepper = gru.stepper()
-    stepper.step(x)
+    stepper.step(x, h)
     change(gru)
     with pytest.raises(StaleStepperError, match=r"call stepper\.refresh"):
-        stepper.step(x)
+        stepper.step(x, h)
     stepper.refresh()
     expected, _ = _reference_steps(gru, x[None], None, monkeypatch)
-    torch.testing.assert_close(stepper.step(x)[0], expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(stepper.step(x, h)[0], expected[0], atol=1e-6, rtol=0)
+
+
+def test_a_plain_cpu_step_runs_without_the_python_method(monkeypatch):
+    """On the cpu backend stepper.step(x, state) is one builtin; the Python method serves only what it hands over
+    (no state, out=, a change it must name)."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    calls = []
+    method = grukit.nn.streaming.Stepper.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(len(args) + len(kwargs))
+        return method(self, *args, **kwargs)
+
+    monkeypatch.setattr(grukit.nn.streaming.Stepper, "step", counted)
+    gru = grukit.GRU(4, 6).eval()
+    stepper = gru.stepper()  # binds after the patch: its fallback is the counted method
+    x, h = torch.randn(2, 4), torch.zeros(1, 2, 6)
+    y, state = stepper.step(x, h)
+    assert calls == []
+    out = (torch.empty(2, 6), torch.empty(1, 2, 6))
+    assert stepper.step(x, h, out=out) is out and torch.equal(out[0], y) and torch.equal(out[1], state)
+    stepper.step(x)
+    assert calls == [3, 1]
 
 
 def test_stepper_mode_and_shape_errors():

@@ -231,3 +231,35 @@ def test_full_jacobian_gradcheck_of_everything_at_once():
     ).train()
     perturb_norms(gru)
     functional_gradcheck(gru, torch.randn(3, 2, 2, dtype=torch.float64), None, torch.tensor([3, 1]), fast_mode=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated:FutureWarning")
+def test_parametrized_and_weight_normed_weights_are_used():
+    """Weights that live outside the module's own parameter dict (torch.nn.utils.parametrize, weight_norm's plain
+    attributes) are looked up where they live: the forward uses the reparametrized weight, not a stale one."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    torch.manual_seed(0)
+    gru = grukit.GRU(5, 6)
+    plain = grukit.GRU(5, 6)
+    plain.load_state_dict(gru.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(2)
+    parametrize.register_parametrization(gru, "weight_hh_l0", Double())
+    x = torch.randn(4, 3, 5)
+    torch.testing.assert_close(gru(x)[0], plain(x)[0])
+
+    normed = torch.nn.utils.weight_norm(grukit.GRU(5, 6), name="weight_ih_l0")
+    with torch.no_grad():
+        normed.weight_ih_l0_g.mul_(3)  # the hook recomputes weight_ih_l0 from g and v before each forward
+    reference = grukit.GRU(5, 6)
+    reference.load_state_dict({k: v for k, v in normed.state_dict().items() if not k.startswith("weight_ih_l0_")},
+                              strict=False)  # fmt: skip
+    g, v = normed.weight_ih_l0_g, normed.weight_ih_l0_v
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(g * v / v.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(normed(x)[0], reference(x)[0])

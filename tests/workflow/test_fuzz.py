@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import grukit
-from grukit.errors import GrukitError
+from grukit.errors import DataError, GrukitError
 from grukit.tasks.classify.audio import read_wav
 from grukit.tasks.classify.data import load_sequences
 from grukit.tasks.classify.text import load_texts
@@ -168,6 +168,15 @@ def test_the_wav_reader_gives_samples_or_a_clear_error(data):
         damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
     damaged = damaged[: data.draw(st.integers(0, len(damaged)))]
     clear_error(read_wav, Path(write(".wav", bytes(damaged))), "clip.wav", 0)
+
+
+def test_a_wav_whose_chunk_size_points_past_the_end_is_refused_clearly():
+    """The wave module raises a bare RuntimeError when a chunk's size field points past the file (hypothesis found
+    it: the fmt chunk's size, bytes 16-19, set to 255)."""
+    damaged = bytearray(wav_bytes(32))
+    damaged[16] = 255
+    with pytest.raises(DataError, match=r"clip\.wav is not a readable WAV file .*past the end"):
+        read_wav(Path(write(".wav", bytes(damaged))), "clip.wav", 0)
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,9 @@ def read_wav(path: Path, name: str, rate: int) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as handle:
             channels, width, got = handle.getnchannels(), handle.getsampwidth(), handle.getframerate()
             raw = handle.readframes(handle.getnframes())
-    except (wave.Error, EOFError) as err:
-        raise DataError(f"{name} is not a readable WAV file ({err}); save it as PCM 16-bit mono WAV") from None
+    except (wave.Error, EOFError, RuntimeError) as err:  # RuntimeError: the wave module's seek past a chunk's end
+        reason = str(err) or f"{type(err).__name__}: a chunk size points past the end of the file"
+        raise DataError(f"{name} is not a readable WAV file ({reason}); save it as PCM 16-bit mono WAV") from None
     if channels != 1:
         raise DataError(f"{name} has {channels} channels; make it mono, e.g. sox IN.wav -c 1 OUT.wav")
     if width != 2:

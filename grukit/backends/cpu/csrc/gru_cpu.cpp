@@ -1262,6 +1262,50 @@ PyObject* bound_step(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef bound_step_def = {"step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bound_step)),
                               METH_FASTCALL, "(x, h) -> (y, h_n) | None, or (x, h, y_out, h_out) -> True | None"};
 
+// grukit.nn.Stepper.step as one builtin (Stepper.guard): the Python method's per-call checks done here, so a plain
+// step(x, state) never enters Python. `self` is the tuple (stepper, fallback, module, params, values): the module
+// must be in eval mode and its own parameter dict `params` must still hold exactly the objects `values` (nothing
+// replaced); then the kernel runs as bound_step. Anything else (keywords, other argument counts, state None, a
+// non-tensor, a replaced or modified weight, training mode) is handed to fallback(*args, **kwargs), the Python
+// method, which serves it or raises the error that names the change.
+PyObject* guarded_step(PyObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  HANDLE_TH_ERRORS
+  PyObject* stepper_obj = PyTuple_GET_ITEM(self, 0);
+  PyObject* fallback = PyTuple_GET_ITEM(self, 1);
+  PyObject* module = PyTuple_GET_ITEM(self, 2);
+  PyObject* params = PyTuple_GET_ITEM(self, 3);
+  PyObject* values = PyTuple_GET_ITEM(self, 4);
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  auto fall_back = [&] { return PyObject_Vectorcall(fallback, args, nargsf, kwnames); };
+  if (kwnames != nullptr || nargs != 2 || !THPVariable_Check(args[0]) || !THPVariable_Check(args[1])) return fall_back();
+  static PyObject* training_name = PyUnicode_InternFromString("training");
+  PyObject* training = PyObject_GetAttr(module, training_name);
+  if (training == nullptr) return nullptr;
+  const int is_training = PyObject_IsTrue(training);
+  Py_DECREF(training);
+  if (is_training != 0) return is_training < 0 ? nullptr : fall_back();
+  if (PyDict_Size(params) != PyTuple_GET_SIZE(values)) return fall_back();
+  Py_ssize_t pos = 0, i = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(params, &pos, &key, &value)) {
+    if (value != PyTuple_GET_ITEM(values, i++)) return fall_back();
+  }
+  Stepper& stepper = py::handle(stepper_obj).cast<Stepper&>();
+  at::Tensor y, h_n;
+  if (!stepper.run(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), y, h_n)) return fall_back();
+  PyObject* out = PyTuple_New(2);
+  if (out == nullptr) return nullptr;
+  PyTuple_SET_ITEM(out, 0, THPVariable_Wrap(std::move(y)));
+  PyTuple_SET_ITEM(out, 1, THPVariable_Wrap(std::move(h_n)));
+  return out;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef guarded_step_def = {"step",
+                                reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(guarded_step)),
+                                METH_FASTCALL | METH_KEYWORDS,
+                                "step(x, state) -> (y, new state); anything else goes to the Python method"};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1288,7 +1332,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             if (fn == nullptr) throw py::error_already_set();
             return py::reinterpret_steal<py::object>(fn);
           },
-          "step as a builtin bound to this stepper: the cheapest call, (x, h[, y_out, h_out]) as bound_step");
+          "step as a builtin bound to this stepper: the cheapest call, (x, h[, y_out, h_out]) as bound_step")
+      .def(
+          "guard",
+          [](py::object self, py::object fallback, py::object module, py::dict params, py::tuple values) {
+            py::tuple context = py::make_tuple(self, fallback, module, params, values);
+            PyObject* fn = PyCFunction_New(&guarded_step_def, context.ptr());
+            if (fn == nullptr) throw py::error_already_set();
+            return py::reinterpret_steal<py::object>(fn);
+          },
+          "grukit.nn.Stepper.step as one builtin: checks eval mode and that `params` (a module's own parameter dict) "
+          "still holds `values`, runs the step, and hands every other call to fallback (see guarded_step)",
+          py::arg("fallback"), py::arg("module"), py::arg("params"), py::arg("values"));
   m.def("split_ns", [] { return kSplitNs; },
         "estimated ns per step (FLOPs at 90 GFLOP/s or weight bytes at 100 GB/s) from which a step is split over two "
         "threads");
