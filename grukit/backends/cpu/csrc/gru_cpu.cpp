@@ -1228,6 +1228,15 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 
+// (y, h_n) as a new Python tuple of tensors, or null with the Python error set.
+PyObject* wrap_pair(at::Tensor y, at::Tensor h_n) {
+  PyObject* out = PyTuple_New(2);
+  if (out == nullptr) return nullptr;
+  PyTuple_SET_ITEM(out, 0, THPVariable_Wrap(std::move(y)));
+  PyTuple_SET_ITEM(out, 1, THPVariable_Wrap(std::move(h_n)));
+  return out;
+}
+
 // Stepper.step without pybind11's argument matching (about a microsecond per call), bound to a Stepper object
 // `self` by Stepper.bind(): step(x, h) -> (y, h_n), or None when stale; step(x, h, y_out, h_out) writes into the
 // given tensors and returns True, or None when stale.
@@ -1251,11 +1260,7 @@ PyObject* bound_step(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   }
   if (!stepper.run(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), y, h_n)) Py_RETURN_NONE;
   if (nargs == 4) Py_RETURN_TRUE;
-  PyObject* out = PyTuple_New(2);
-  if (out == nullptr) return nullptr;
-  PyTuple_SET_ITEM(out, 0, THPVariable_Wrap(std::move(y)));
-  PyTuple_SET_ITEM(out, 1, THPVariable_Wrap(std::move(h_n)));
-  return out;
+  return wrap_pair(std::move(y), std::move(h_n));
   END_HANDLE_TH_ERRORS
 }
 
@@ -1293,11 +1298,7 @@ PyObject* guarded_step(PyObject* self, PyObject* const* args, size_t nargsf, PyO
   Stepper& stepper = py::handle(stepper_obj).cast<Stepper&>();
   at::Tensor y, h_n;
   if (!stepper.run(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), y, h_n)) return fall_back();
-  PyObject* out = PyTuple_New(2);
-  if (out == nullptr) return nullptr;
-  PyTuple_SET_ITEM(out, 0, THPVariable_Wrap(std::move(y)));
-  PyTuple_SET_ITEM(out, 1, THPVariable_Wrap(std::move(h_n)));
-  return out;
+  return wrap_pair(std::move(y), std::move(h_n));
   END_HANDLE_TH_ERRORS
 }
 
