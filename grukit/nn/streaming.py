@@ -115,7 +115,8 @@ class Stepper:
             )
         self.__dict__.pop("step", None)  # the guarded builtin of a previous binding
         guard = getattr(getattr(self._fused, "__self__", None), "guard", None)
-        if guard is not None:  # the cpu backend: a plain step(x, state) runs this method's checks in C++, no Python
+        if guard is not None and type(self).step is Stepper.step:  # not where a subclass overrides step
+            # the cpu backend: a plain step(x, state) runs this method's checks in C++, no Python
             snapshot = self._snapshot
             self.step = guard(Stepper.step.__get__(self), self.module, snapshot.own, snapshot.values)
         self._initial: dict[int | None, Tensor] = {}

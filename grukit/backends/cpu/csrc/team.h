@@ -9,8 +9,8 @@
 // sleep (the other core is busy, so each step would wait for a descheduled partner), jobs run on one thread for
 // kMinBackoffNs, then two threads are tried again; each back-off that follows a failed retry lasts twice as long
 // (at most kMaxBackoffNs), and a retry that goes well resets it. A duration, not a count of jobs: a count would
-// span seconds of long calls after one short burst on the other core, or no time at all for streaming steps. set_mode() pins the choice (tests, benchmarks). Inside a job,
-// part.sync() is a barrier of the job's threads. Results never depend on the thread count: the kernels give each
+// span seconds of long calls after one short burst on the other core, or no time at all for streaming steps.
+// set_mode() pins the choice (tests, benchmarks). Inside a job, part.sync() is a barrier of the job's threads. Results never depend on the thread count: the kernels give each
 // hidden unit to one thread with the same arithmetic.
 
 #pragma once
@@ -35,6 +35,12 @@
 
 namespace grukit {
 
+// Nanoseconds on the steady clock (time stamps compared across threads).
+inline int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // A counter that threads wait on to change: a short spin, then a sleep (notified only when someone sleeps).
 class Signal {
  public:
@@ -43,7 +49,7 @@ class Signal {
   uint32_t get() const { return value_.load(std::memory_order_seq_cst); }
 
   void publish(uint32_t v) {
-    published_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    published_.store(steady_ns(), std::memory_order_relaxed);
     value_.store(v, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -67,13 +73,12 @@ class Signal {
       cv_.wait(lock, [&] { return get() != old; });
     }
     sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-    const int64_t woke = Clock::now().time_since_epoch().count();
-    return std::max<int64_t>(1, woke - published_.load(std::memory_order_relaxed));
+    return std::max<int64_t>(1, steady_ns() - published_.load(std::memory_order_relaxed));
   }
 
  private:
   std::atomic<uint32_t> value_{0};
-  std::atomic<int64_t> published_{0};  // steady_clock ticks (ns) of the last publish
+  std::atomic<int64_t> published_{0};  // steady_ns() of the last publish
   std::atomic<int> sleepers_{0};
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -131,7 +136,7 @@ class Team {
     if (syncs_ >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
       if (4 * slept_ > syncs_) {
         const int64_t wait = backoff_ns_;
-        solo_until_ = now_ns() + wait;
+        solo_until_ = steady_ns() + wait;
         backoff_ns_ = std::min(2 * wait, kMaxBackoffNs);
         backoffs_.fetch_add(1, std::memory_order_relaxed);
       } else {
@@ -186,16 +191,11 @@ class Team {
   }
 
  private:
-  static int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-
   // Whether a back-off is running (the clock is read only while one was set).
   bool backing_off() {
     const int64_t until = solo_until_.load(std::memory_order_relaxed);
     if (until == 0) return false;
-    if (now_ns() < until) return true;
+    if (steady_ns() < until) return true;
     solo_until_.store(0, std::memory_order_relaxed);
     return false;
   }
@@ -220,7 +220,7 @@ class Team {
   std::atomic<uint64_t> waits_{0}, barrier_sleeps_{0}, backoffs_{0};
   std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
-  std::atomic<int64_t> solo_until_{0};              // steady_clock ns until which jobs run on one thread, or 0
+  std::atomic<int64_t> solo_until_{0};              // steady_ns() until which jobs run on one thread, or 0
   std::atomic<int64_t> backoff_ns_{kMinBackoffNs};  // the next back-off's length
   std::atomic<int> syncs_{0};       // waits since the last judgement: barriers (by their first arrival), job ends
   std::atomic<int> slept_{0};       // of which the waiting thread had to sleep
