@@ -15,6 +15,7 @@ A single process gets a ``Group`` of one whose steps do nothing, so the trainer 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import pickle
@@ -169,6 +170,16 @@ def join(device: torch.device) -> Iterator[Group]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
     try:
         yield Group(device, rank, world)
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    # A clean exit leaves together: the DDP wrappers (whose reducers hold the group) are freed, and every rank
+    # waits at a barrier for rank 0 to finish scoring before the group goes. A worker that tore its group down
+    # and exited while its peer still held the connection aborted at exit now and then (gloo threads
+    # outliving the interpreter: std::terminate, SIGABRT).
+    gc.collect()
+    try:
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
