@@ -9,8 +9,10 @@ session.run with T = 1 and h0 fed; training forward + backward at (T, B, H) in {
 (64, 32, 256)} with each side's peak memory. Every competitor runs at each thread count in the same interleaved
 rounds (one call each per round, thread count set before each call) and each column is the median over rounds, so
 the 2-thread / 1-thread ratios come from one run. The floor is ../shared/notes/cpu-baselines.md's formula:
-max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) + 2·B·3H·I / 96e9 seconds per step (one thread). The
-tables go into BENCHMARKS.md between this script's markers.
+max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) + 2·B·3H·I / 96e9 seconds per step (one thread), with
+the ceilings the notes measured on an AMD EPYC; "floor here" is the same formula with this machine's measured sgemm
+rate and one-thread read bandwidth at the size of W_hh (the notes' ceilings do not hold on other CPUs). The tables
+go into BENCHMARKS.md between this script's markers.
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ DRAM = 23e9
 START, END = "<!-- bench/cpu.py: start -->", "<!-- bench/cpu.py: end -->"
 
 
-def floor_us(batch: int, hidden: int, inputs: int) -> float:
-    """The notes' floor for one time step in µs (float32)."""
+def floor_us(batch: int, hidden: int, inputs: int, flop_rate: float = FLOP_RATE, bandwidth: float = 0.0) -> float:
+    """The floor for one time step in µs (float32): the notes' (AMD EPYC) ceilings by default, or a measured FLOP
+    rate and read bandwidth at the size of W_hh."""
     weight_bytes = 3 * hidden * hidden * 4
-    bandwidth = next((bw for size, bw in BANDWIDTH if weight_bytes <= size), DRAM)
-    recurrent = max(2 * batch * 3 * hidden * hidden / FLOP_RATE, weight_bytes / bandwidth)
-    return (recurrent + 2 * batch * 3 * hidden * inputs / FLOP_RATE) * 1e6
+    bandwidth = bandwidth or next((bw for size, bw in BANDWIDTH if weight_bytes <= size), DRAM)
+    recurrent = max(2 * batch * 3 * hidden * hidden / flop_rate, weight_bytes / bandwidth)
+    return (recurrent + 2 * batch * 3 * hidden * inputs / flop_rate) * 1e6
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -114,16 +117,34 @@ def ort_session(path: Path, threads: int):
 
 
 def sgemm_rate() -> float:
-    """This machine's measured torch sgemm GFLOP/s at one large square size on one thread (the notes assume 96)."""
+    """This machine's measured torch sgemm GFLOP/s on one thread, the better of two square sizes (the notes: 96)."""
     torch.set_num_threads(1)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    seconds = interleaved({"mm": lambda: torch.mm(a, b)}, 7)["mm"]
-    return 2 * 1024**3 / seconds / 1e9
+    rates = []
+    for n in (512, 1024):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        rates.append(2 * n**3 / interleaved({"mm": lambda a=a, b=b: torch.mm(a, b)}, 7)["mm"] / 1e9)
+    return max(rates)
 
 
-def inference(steps: int, batches: list[int], hiddens: list[int], directory: str) -> list[dict]:
+def read_bandwidth(nbytes: int) -> float:
+    """This machine's one-thread read bandwidth in bytes/s over a float32 buffer of ``nbytes`` (the size of W_hh):
+    torch.sum's median time less that of a 16-element sum (its call overhead), each repeated to take ~10 ms."""
+    torch.set_num_threads(1)
+    big, tiny = torch.randn(nbytes // 4), torch.randn(16)
+    repeat = max(1, int(4e7 // nbytes))
+
+    def sums(t: torch.Tensor) -> Callable[[], None]:
+        return lambda: [t.sum() for _ in range(repeat)]
+
+    seconds = interleaved({"big": sums(big), "tiny": sums(tiny)}, 9)
+    return nbytes / max((seconds["big"] - seconds["tiny"]) / repeat, 1e-9)
+
+
+def inference(steps: int, batches: list[int], hiddens: list[int], directory: str, rate: float) -> list[dict]:
+    """µs per step of each competitor, with the notes' floor and this machine's (``rate``: measured sgemm GFLOP/s)."""
     rows = []
     for hidden in hiddens:
+        bandwidth = read_bandwidth(3 * hidden * hidden * 4)
         for batch in batches:
             torch.manual_seed(0)
             reference = torch.nn.GRU(hidden, hidden).eval()
@@ -146,6 +167,8 @@ def inference(steps: int, batches: list[int], hiddens: list[int], directory: str
                 medians = interleaved(fns, rounds)
             per_step = {name: seconds / steps * 1e6 for name, seconds in medians.items()}
             row = {"B": batch, "H": hidden, "T": steps, **per_step, "floor": floor_us(batch, hidden, hidden)}
+            row["floor_here"] = floor_us(batch, hidden, hidden, rate * 1e9, bandwidth)
+            row["bandwidth"] = bandwidth
             rows.append(row)
             print(_inference_line(row), flush=True)
     return rows
@@ -295,14 +318,17 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         f"Full-sequence inference, T = {infer[0]['T']}, input = hidden, {one} thread, µs per time step (medians of "
         "interleaved rounds):",
         "",
-        "| B | H | torch.nn.GRU | onnxruntime | grukit cpu | floor | grukit % of floor | speed-up vs torch | vs ort |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| B | H | torch.nn.GRU | onnxruntime | grukit cpu | floor | grukit % of floor | floor here | % of floor here "
+        "| read GB/s here | speed-up vs torch | vs ort |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in infer:
         ours = r[f"grukit@{one}"]
         lines.append(
             f"| {r['B']} | {r['H']} | {_us(r, f'torch@{one}')} | {_us(r, f'ort@{one}')} | {ours:.2f} | "
-            f"{r['floor']:.2f} | {100 * r['floor'] / ours:.0f} % | {_ratio(r, f'torch@{one}', f'grukit@{one}')} | "
+            f"{r['floor']:.2f} | {100 * r['floor'] / ours:.0f} % | {r['floor_here']:.2f} | "
+            f"{100 * r['floor_here'] / ours:.0f} % | {r['bandwidth'] / 1e9:.0f} | "
+            f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | "
             f"{_ratio(r, f'ort@{one}', f'grukit@{one}')} |"
         )
     lines += [
@@ -402,7 +428,8 @@ def main() -> None:
     load_before = load_average()
     header = [
         f"- Machine: {machine()}; kernels built for {ext.vector_bytes() * 8}-bit vectors; measured torch sgemm "
-        f"{rate:.0f} GFLOP/s on one thread (the floor assumes the notes' 96).",
+        f"{rate:.0f} GFLOP/s on one thread (the floor column assumes the notes' 96 and their AMD EPYC bandwidths; "
+        "'floor here' uses this rate and the read bandwidth measured here at the size of W_hh).",
         f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
         "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
@@ -415,11 +442,11 @@ def main() -> None:
     print("\n".join(header), flush=True)
     with tempfile.TemporaryDirectory() as directory:
         if ARGS.quick:
-            infer = inference(64, [1, 8], [64, 256], directory)
+            infer = inference(64, [1, 8], [64, 256], directory, rate)
             stream = streaming([8, 64, 256], directory)
             train = training([(64, 8, 64)])
         else:
-            infer = inference(256, [1, 8, 64], [64, 256, 1024], directory)
+            infer = inference(256, [1, 8, 64], [64, 256, 1024], directory, rate)
             stream = streaming([8, 64, 256, 1024], directory)
             train = training([(64, 8, 64), (64, 1, 256), (64, 32, 256)])
     header.append(
