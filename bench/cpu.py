@@ -52,7 +52,7 @@ if len(ARGS.threads) > 1:  # an OpenMP pool that spins after a 2-thread call ste
 os.environ["GRUKIT_CPU_PACK_CACHE"] = str(ARGS.pack_cache)  # read when grukit's cpu backend is imported
 
 import torch  # noqa: E402
-from report import write_section  # noqa: E402 (bench/report.py, beside this script)
+from report import machine, publish  # noqa: E402 (bench/report.py, beside this script)
 
 import grukit  # noqa: E402
 from grukit.backends import dispatch  # noqa: E402
@@ -398,15 +398,6 @@ def _threads_tables(one: int, n: int, infer: list[dict], stream: list[dict], tra
     return lines
 
 
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} logical CPUs"
-
-
 def load_average() -> str:
     try:
         return ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -454,10 +445,7 @@ def main() -> None:
         "(2 cores): other jobs inflate absolute times and above all the 2-thread columns."
     )
     section = markdown(header, infer, stream, train)
-    print(section)
-    if not ARGS.no_write:
-        write_section(Path(ARGS.out), section, START, END)
-        print(f"wrote {ARGS.out}")
+    publish(section, None if ARGS.no_write else Path(ARGS.out), START, END)
 
 
 if __name__ == "__main__":

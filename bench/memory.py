@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_section  # bench/report.py, beside this script
+from report import publish  # bench/report.py, beside this script
 
 START, END = "<!-- bench/memory.py: start -->", "<!-- bench/memory.py: end -->"
 CLASSIFY_START, CLASSIFY_END = "<!-- bench/memory.py classify: start -->", "<!-- bench/memory.py classify: end -->"
@@ -173,10 +173,7 @@ and the feature scaling; then each epoch's training sequences through a shuffle 
 Its description line: `{held[:300]}`
 Last line of the whole-file run: `{whole['last'][:200]}`
 {CLASSIFY_END}"""
-    print(section)
-    if not opts.no_write:
-        write_section(Path(opts.out), section, CLASSIFY_START, CLASSIFY_END)
-        print(f"wrote {opts.out}")
+    publish(section, None if opts.no_write else Path(opts.out), CLASSIFY_START, CLASSIFY_END)
 
 
 def main() -> None:
@@ -226,10 +223,7 @@ The streamed run holds one chunk of 50,000 rows at a time (three passes: checks 
 MASE statistics, then each epoch's windows); the whole-file run is the same command without `stream=true`.
 Last line of the whole-file run: `{whole['last'][:200]}`
 {END}"""
-    print(section)
-    if not opts.no_write:
-        write_section(Path(opts.out), section, START, END)
-        print(f"wrote {opts.out}")
+    publish(section, None if opts.no_write else Path(opts.out), START, END)
 
 
 if __name__ == "__main__":

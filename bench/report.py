@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -27,3 +28,21 @@ def write_section(path: Path, section: str, start: str, end: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def publish(section: str, path: Path | None, start: str, end: str) -> None:
+    """Print a script's section, then write it into ``path`` between its markers (None: print only)."""
+    print(section)
+    if path is not None:
+        write_section(path, section, start, end)
+        print(f"wrote {path}")
+
+
+def machine() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and the logical CPU count."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} logical CPUs"
