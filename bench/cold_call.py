@@ -27,7 +27,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported
 os.environ["GRUKIT_BACKEND"] = "cpu"
 
 import torch
-from report import machine, publish  # bench/report.py, beside this script
+from report import machine, ort_session, publish  # bench/report.py, beside this script
 
 import grukit
 from grukit.backends.cpu import load_extension
@@ -59,15 +59,10 @@ def competitors(hidden: int, batch: int, steps: int, directory: str) -> dict[str
         "C++ forward": lambda: ext.forward(x, h0, w_ih, w_hh, b_ih, b_hh, None, True, False, False),
         "torch.addmm (input GEMM)": lambda: torch.addmm(b_ih, x.reshape(-1, hidden), w_ih.t()),
     }
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return fns
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
     path = grukit.export_onnx(gru, Path(directory) / "gru.onnx")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    fns["onnxruntime"] = lambda: session.run(None, {"input": x.numpy()})
+    session = ort_session(path, 1)
+    if session is not None:
+        fns["onnxruntime"] = lambda: session.run(None, {"input": x.numpy()})
     return fns
 
 

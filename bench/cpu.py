@@ -52,7 +52,7 @@ if len(ARGS.threads) > 1:  # an OpenMP pool that spins after a 2-thread call ste
 os.environ["GRUKIT_CPU_PACK_CACHE"] = str(ARGS.pack_cache)  # read when grukit's cpu backend is imported
 
 import torch  # noqa: E402
-from report import machine, publish  # noqa: E402 (bench/report.py, beside this script)
+from report import machine, ort_session, publish  # noqa: E402 (bench/report.py, beside this script)
 
 import grukit  # noqa: E402
 from grukit.backends import dispatch  # noqa: E402
@@ -98,22 +98,6 @@ def at_threads(fns: dict[str, Callable[[], object]], threads: int) -> dict[str, 
         return run
 
     return {f"{name}@{threads}": wrap(fn) for name, fn in fns.items()}
-
-
-def ort_session(path: Path, threads: int):
-    """An onnxruntime session of an exported model at ``threads`` intra-op threads, or None without onnxruntime."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # its workers spin during a run as usual, but stop when it ends: left spinning (the default), they hold the
-    # second core for tens of ms after each call and every 2-thread competitor timed next shares its core
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def sgemm_rate() -> float:

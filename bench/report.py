@@ -1,4 +1,5 @@
-"""Writing a benchmark script's section into BENCHMARKS.md, shared by every script under bench/."""
+"""What every script under bench/ shares: writing its section into BENCHMARKS.md, the machine's description and
+an onnxruntime session set up alike for every comparison."""
 
 from __future__ import annotations
 
@@ -46,3 +47,19 @@ def machine() -> str:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def ort_session(path: Path, threads: int):
+    """An onnxruntime session of an exported model at ``threads`` intra-op threads, or None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # its workers spin during a run as usual, but stop when it ends: left spinning (the default), they hold the
+    # second core for tens of ms after each call and every 2-thread competitor timed next shares its core
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

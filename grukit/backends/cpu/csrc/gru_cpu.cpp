@@ -11,7 +11,8 @@
 // register tile (fuse_input): there each step also runs x_t W_ih^T from a packed W_ih into the same accumulators,
 // which saves writing and re-reading the (T, B, 3H) gi buffer. Where W_ih is small (project_with_kernel) the GEMM
 // is the same micro-kernel over all T*B rows, each thread projecting the panels its loop reads, instead of a call
-// into MKL. The loop allocates nothing and calls no ATen operator. Training saves the gates and the state entering each step.
+// into MKL. The loop allocates nothing and calls no ATen operator. Training saves the gates and the state entering
+// each step.
 //
 // Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
 // batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
