@@ -37,7 +37,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
-        "--pack-cache", type=int, default=8, help="entries of the cpu backend's opt-in packed-weight cache (0: off)"
+        "--pack-cache", type=int, default=0, help="entries of the cpu backend's opt-in packed-weight cache (0: off)"
     )
     args = parser.parse_args()
     args.threads = [int(n) for n in args.threads.split(",")]

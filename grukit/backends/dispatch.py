@@ -28,6 +28,7 @@ class BackendUnavailable(RuntimeError):
 _loaders: dict[str, tuple[int, Callable[[], Backend]]] = {}
 _loaded: dict[str, Backend | None] = {}
 _order: list[str] = []  # names(), kept sorted by register(): every layer call walks it
+GENERATION = [0]  # bumped by every register(): a cached choice of backend is valid while it holds its value
 
 
 def register(name: str, loader: Callable[[], Backend], priority: int) -> None:
@@ -37,6 +38,7 @@ def register(name: str, loader: Callable[[], Backend], priority: int) -> None:
     _loaded.pop(name, None)
     order = list(_loaders)
     _order[:] = sorted(_loaders, key=lambda n: (-_loaders[n][0], -order.index(n)))
+    GENERATION[0] += 1
 
 
 def names() -> list[str]:

@@ -105,7 +105,17 @@ class GRU(StreamingMixin, nn.Module):
                         self._register(f"{stem}{self._suffix(layer, direction)}", torch.empty(gates, **factory))
         if learn_init:
             self.initial_state = nn.Parameter(torch.empty(num_layers * directions, hidden_size, **factory))
+        self._fast_forward: Callable[..., tuple[Tensor, Tensor] | None] | None = None  # see _forward_stack
         self.reset_parameters()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_fast_forward", None)  # a builtin bound to this object's parameters: rebuilt on the next call
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._fast_forward = None
 
     @staticmethod
     def _suffix(layer: int, direction: int) -> str:
@@ -173,6 +183,11 @@ class GRU(StreamingMixin, nn.Module):
         Returns (output, h_n) as torch.nn.GRU. With lengths, outputs past each length are zero, h_n holds
         each sequence's state at its last valid step and the reverse direction starts there.
         """
+        fast = self._fast_forward
+        if fast is not None and lengths is None and not torch.compiler.is_compiling():
+            result = fast(self, input, hx)  # the whole eval call in one builtin, or None: the path below
+            if result is not None:
+                return result
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths cannot be combined with a PackedSequence input, which carries its own")
@@ -184,7 +199,8 @@ class GRU(StreamingMixin, nn.Module):
             if not batched:
                 lengths = torch.as_tensor(lengths).reshape(1)
             lengths = self._check_lengths(lengths, x)
-        output, h_n = self._forward_time_major(x, hx, lengths)
+        stacked = self._forward_stack(x, hx) if lengths is None and not self.training else None
+        output, h_n = stacked if stacked is not None else self._forward_time_major(x, hx, lengths)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not batched:
@@ -255,6 +271,40 @@ class GRU(StreamingMixin, nn.Module):
         valid = torch.arange(output.shape[0]).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B), sorted batch
         data = output[valid.to(output.device)]  # time-major: the packed layout
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices), h_n
+
+    def _forward_stack(self, x: Tensor, hx: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """All layers and directions in one backend call (``gru_stack``), for eval calls that record no autograd;
+        None sends the call down the per-layer path (no such backend method, a parameter that needs grad or lives
+        outside the module's own dict). x: (T, B, I), hx: (L·D, B, H) or None -> ((T, B, D·H), (L·D, B, H)).
+
+        A backend may also offer ``stack_guard``: the next eval calls as one builtin (``_fast_forward``) that checks
+        in native code that nothing this path decides on has changed, and returns None to send a call here."""
+        own = self._parameters
+        weights = [own.get(name) for name in self._flat_weights_names]
+        if any(w is None for w in weights):  # torch.nn.utils.parametrize, weight_norm: the per-layer path reads them
+            return None
+        if torch.is_grad_enabled() and (
+            x.requires_grad or (hx is not None and hx.requires_grad) or any(w.requires_grad for w in weights)
+        ):
+            return None
+        check_sequence(x, self.input_size, weights[0].dtype)
+        directions = self._directions
+        shape = (self.num_layers * directions, x.shape[1], self.hidden_size)
+        if hx is not None:
+            check_hidden(hx, shape, x.dtype)
+        elif self.learn_init:
+            hx = self.initial_state.unsqueeze(1).expand(shape)
+        config = self._config(0, False)
+        backend = gru_backend(x, config, None)
+        stack = getattr(backend, "gru_stack", None)
+        result = None if stack is None else stack(x, hx, weights, config, self.num_layers, directions)
+        guard = getattr(backend, "stack_guard", None)
+        if result is not None and guard is not None:
+            names = list(own)
+            if names == self._flat_weights_names + (["initial_state"] if self.learn_init else []):
+                sizes = (self.num_layers, directions, self.input_size, self.hidden_size)
+                self._fast_forward = guard(tuple(own.values()), self.learn_init, config, *sizes)
+        return result
 
     def _forward_time_major(self, x: Tensor, hx: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """x: (T, B, I), hx: (L·D, B, H) or None, lengths: (B,) int64 or None -> ((T, B, D·H), (L·D, B, H))."""

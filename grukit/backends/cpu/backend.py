@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from grukit.backends import dispatch
 from grukit.backends.contract import NO_MASKS, GRUConfig, GRUMasks, GRUWeights
 from grukit.backends.cpu.build import load_extension
 
@@ -205,6 +206,35 @@ class CpuBackend:
                 biases = [torch.zeros_like(present) if b is None else b for b in (w.b_ih, w.b_hh)]
             layers.append([w.w_ih, w.w_hh, *biases])
         return self.ext.Stepper(layers, list(watched), bf16).bind()  # no pybind11 argument matching per call
+
+    def gru_stack(
+        self,
+        x: Tensor,
+        hx: Tensor | None,
+        weights: Sequence[Tensor],
+        config: GRUConfig,
+        layers: int,
+        directions: int,
+    ) -> tuple[Tensor, Tensor] | None:
+        """A whole eval stack (no autograd recorded) in one C++ call. x: (T, B, I), hx: (L·D, B, H) or None (zeros),
+        weights: torch.nn.GRU's flat order, [w_ih, w_hh(, b_ih, b_hh)] per layer and direction -> (output (T, B, D·H),
+        h_n (L·D, B, H)); None (the per-layer path) while the opt-in pack cache is on, which that path uses."""
+        if PACK_CACHE.capacity > 0:
+            return None
+        y, h_n = self.ext.stack(x, hx, weights, layers, directions, config.reset_after, config.reverse)
+        return y, h_n
+
+    def stack_guard(
+        self, values: tuple[Tensor, ...], learn_init: bool, config: GRUConfig, layers: int, directions: int,
+        input_size: int, hidden_size: int,
+    ) -> Callable[..., tuple[Tensor, Tensor] | None]:
+        """``gru_stack`` for the next eval calls of a grukit.GRU as one builtin, ``guard(module, input, hx)``, which
+        returns None (the Python path) unless the module's own parameters are still exactly ``values`` (its flat
+        weights, then initial_state with ``learn_init``), dispatch would still pick this backend and the input needs
+        none of the Python path's conversions (see guarded_stack in gru_cpu.cpp)."""
+        context = (values, PACK_CACHE, dispatch.GENERATION, dispatch.GENERATION[0], layers, directions, input_size,
+                   hidden_size, config.reset_after, config.reverse, learn_init)  # fmt: skip
+        return self.ext.stack_guard(context)
 
     def supports_mingru(self, x: Tensor) -> str | None:
         return "MinGRU is not implemented (the reference's parallel scan serves it)"

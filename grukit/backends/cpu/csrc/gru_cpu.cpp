@@ -21,6 +21,7 @@
 // AVX2; anything else gets 16-byte vectors), so the same source builds everywhere.
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
@@ -28,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <type_traits>
@@ -1208,6 +1210,47 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   return {y, h_n, gates, hs};
 }
 
+// A whole eval stack in one call (no autograd, nothing saved): (output (T, B, D*H), h_n (L*D, B, H)). x is (T, B, I);
+// hx (L*D, B, H) or none for zeros; weights in torch.nn.GRU's _flat_weights order, per layer and direction
+// [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh]; directions 2 runs the second of each layer reversed, and `reverse`
+// runs a single direction reversed. The layer loop, the zero state and h_n's assembly stay out of Python; a single
+// step of at most kDirectBatch rows runs gru_step_direct (nothing packed), as the Python per-layer path does.
+std::vector<at::Tensor> gru_stack(const at::Tensor& x, const std::optional<at::Tensor>& hx,
+                                  const std::vector<at::Tensor>& weights, int64_t layers, int64_t directions,
+                                  bool reset_after, bool reverse) {
+  TORCH_CHECK(layers >= 1 && (directions == 1 || directions == 2), "grukit cpu backend: bad layers or directions");
+  const int64_t per = static_cast<int64_t>(weights.size()) / (layers * directions);
+  TORCH_CHECK((per == 2 || per == 4) && per * layers * directions == static_cast<int64_t>(weights.size()),
+              "grukit cpu backend: weights must hold [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh] per layer and direction");
+  TORCH_CHECK(x.dim() == 3 && weights[1].dim() == 2, "grukit cpu backend: x must be (T, B, I)");
+  const int64_t B = x.size(1), H = weights[1].size(1);
+  if (hx.has_value())
+    TORCH_CHECK(hx->dim() == 3 && hx->size(0) == layers * directions && hx->size(1) == B && hx->size(2) == H,
+                "grukit cpu backend: hx must be (L*D, B, H)");
+  const at::Tensor zeros = hx.has_value() ? at::Tensor() : at::zeros({B, H}, x.options());
+  const std::optional<at::Tensor> none;
+  const bool direct = x.size(0) == 1 && B <= kDirectBatch;  // a single step: no packing (see gru_step_direct)
+  std::vector<at::Tensor> states;
+  at::Tensor input = x;
+  for (int64_t l = 0; l < layers; ++l) {
+    std::vector<at::Tensor> outputs;
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t i = l * directions + d;
+      const at::Tensor* w = &weights[i * per];
+      const std::optional<at::Tensor> b_ih = per == 4 ? std::optional<at::Tensor>(w[2]) : none;
+      const std::optional<at::Tensor> b_hh = per == 4 ? std::optional<at::Tensor>(w[3]) : none;
+      const at::Tensor h0 = hx.has_value() ? hx->select(0, i) : zeros;
+      auto out = direct ? gru_step_direct(input, h0, w[0], w[1], b_ih, b_hh, reset_after)
+                        : gru_forward(input, h0, w[0], w[1], b_ih, b_hh, none, reset_after, d == 1 || reverse, false,
+                                      none, none, none);
+      outputs.push_back(out[0]);
+      states.push_back(out[1]);
+    }
+    input = directions == 1 ? outputs[0] : at::cat(outputs, 2);
+  }
+  return {input, states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states)};
+}
+
 // Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); dx is empty unless need_dx, the biases unless has_bias.
 std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (T, B, H) */,
                                      const std::optional<at::Tensor>& dh_n_in /* (B, H) */,
@@ -1349,6 +1392,117 @@ PyMethodDef guarded_step_def = {"step",
                                 METH_FASTCALL | METH_KEYWORDS,
                                 "step(x, state) -> (y, new state); anything else goes to the Python method"};
 
+// grukit.GRU's eval forward as one builtin (built by stack_guard): guard(module, input, hx) -> (output, h_n), or None
+// for every call it does not serve, which then takes the Python path (and its errors). `self` is the tuple
+// (values, capacity_owner, generation, expected, layers, directions, input_size, hidden, reset_after, reverse,
+// learn_init): it serves a module in eval mode whose own parameter dict still holds exactly `values` (its flat
+// weights, then initial_state with learn_init), on the default dispatch (GRUKIT_BACKEND unset or cpu, dispatch's
+// generation[0] still `expected`), with the opt-in pack cache off (capacity_owner.capacity == 0), no autocast, no
+// autograd to record, and an input that needs none of the Python path's conversions: an exact CPU tensor of the
+// weights' dtype, (T, B, I) ((B, T, I) with module.batch_first) or unbatched (T, I), and hx None or of the right shape.
+PyObject* guarded_stack(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "grukit stack guard takes (module, input, hx)");
+    return nullptr;
+  }
+  PyObject* module = args[0];
+  PyObject* input = args[1];
+  PyObject* hx_obj = args[2];
+  PyObject* values = PyTuple_GET_ITEM(self, 0);
+  const int64_t layers = PyLong_AsLongLong(PyTuple_GET_ITEM(self, 4));
+  const int64_t directions = PyLong_AsLongLong(PyTuple_GET_ITEM(self, 5));
+  const int64_t input_size = PyLong_AsLongLong(PyTuple_GET_ITEM(self, 6));
+  const int64_t hidden = PyLong_AsLongLong(PyTuple_GET_ITEM(self, 7));
+  const bool reset_after = PyTuple_GET_ITEM(self, 8) == Py_True, reverse = PyTuple_GET_ITEM(self, 9) == Py_True;
+  const bool learn_init = PyTuple_GET_ITEM(self, 10) == Py_True;
+  if (!THPVariable_CheckExact(input) || (hx_obj != Py_None && !THPVariable_CheckExact(hx_obj))) Py_RETURN_NONE;
+  if (PyList_GET_ITEM(PyTuple_GET_ITEM(self, 2), 0) != PyTuple_GET_ITEM(self, 3)) Py_RETURN_NONE;
+  const char* forced = std::getenv("GRUKIT_BACKEND");
+  if (forced != nullptr && forced[0] != '\0' && std::strcmp(forced, "cpu") != 0) Py_RETURN_NONE;
+  // attributes: each lookup returns a new reference or null with the error set
+  auto attribute = [](PyObject* obj, const char* name) -> PyObject* {
+    PyObject* key = PyUnicode_InternFromString(name);
+    if (key == nullptr) return nullptr;
+    PyObject* value = PyObject_GetAttr(obj, key);
+    Py_DECREF(key);
+    return value;
+  };
+  auto truth = [&](PyObject* obj, const char* name) -> int {  // 1, 0, or -1 with the error set
+    PyObject* value = attribute(obj, name);
+    if (value == nullptr) return -1;
+    const int result = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return result;
+  };
+  const int training = truth(module, "training");
+  if (training != 0) {
+    if (training < 0) return nullptr;
+    Py_RETURN_NONE;
+  }
+  PyObject* capacity = attribute(PyTuple_GET_ITEM(self, 1), "capacity");
+  if (capacity == nullptr) return nullptr;
+  const long long cache_entries = PyLong_AsLongLong(capacity);
+  Py_DECREF(capacity);
+  if (cache_entries == -1 && PyErr_Occurred()) return nullptr;
+  if (cache_entries > 0) Py_RETURN_NONE;
+  PyObject* params = attribute(module, "_parameters");
+  if (params == nullptr) return nullptr;
+  bool same = PyDict_Check(params) && PyDict_Size(params) == PyTuple_GET_SIZE(values);
+  Py_ssize_t pos = 0, i = 0;
+  PyObject *key, *value;
+  while (same && PyDict_Next(params, &pos, &key, &value)) same = value == PyTuple_GET_ITEM(values, i++);
+  Py_DECREF(params);
+  if (!same) Py_RETURN_NONE;
+  const int batch_first = truth(module, "batch_first");
+  if (batch_first < 0) return nullptr;
+  if (at::autocast::is_autocast_enabled(at::kCPU)) Py_RETURN_NONE;
+
+  const at::Tensor& x = THPVariable_Unpack(input);
+  const Py_ssize_t flat = PyTuple_GET_SIZE(values) - (learn_init ? 1 : 0);
+  std::vector<at::Tensor> weights;
+  weights.reserve(flat);
+  const bool grad = at::GradMode::is_enabled();
+  bool needs_grad = grad && x.requires_grad();
+  for (Py_ssize_t k = 0; k < flat; ++k) {
+    weights.push_back(THPVariable_Unpack(PyTuple_GET_ITEM(values, k)));
+    needs_grad = needs_grad || (grad && weights.back().requires_grad());
+  }
+  const auto dtype = weights[0].scalar_type();
+  if (needs_grad || (dtype != at::kFloat && dtype != at::kDouble) || !x.device().is_cpu() || x.layout() != at::kStrided || x.scalar_type() != dtype ||
+      (x.dim() != 2 && x.dim() != 3) || x.size(0) == 0 || x.size(-1) != input_size || x.numel() == 0)
+    Py_RETURN_NONE;
+  const bool batched = x.dim() == 3;
+  const at::Tensor steps_first = !batched ? x.unsqueeze(1) : batch_first ? x.transpose(0, 1) : x;
+  const int64_t B = steps_first.size(1);
+  std::optional<at::Tensor> hx;
+  if (hx_obj != Py_None) {
+    const at::Tensor& h = THPVariable_Unpack(hx_obj);
+    if ((grad && h.requires_grad()) || !h.device().is_cpu() || h.layout() != at::kStrided || h.scalar_type() != dtype ||
+        h.dim() != (batched ? 3 : 2) || h.size(0) != layers * directions || h.size(-1) != hidden ||
+        (batched && h.size(1) != B))
+      Py_RETURN_NONE;
+    hx = batched ? h : h.unsqueeze(1);
+  } else if (learn_init) {
+    const at::Tensor& init = THPVariable_Unpack(PyTuple_GET_ITEM(values, flat));
+    if (grad && init.requires_grad()) Py_RETURN_NONE;
+    hx = init.unsqueeze(1).expand({layers * directions, B, hidden});
+  }
+  std::vector<at::Tensor> out;
+  {
+    pybind11::gil_scoped_release no_gil;  // like torch's own kernels: other Python threads run meanwhile
+    out = gru_stack(steps_first, hx, weights, layers, directions, reset_after, reverse);
+  }
+  if (!batched) return wrap_pair(out[0].squeeze(1), out[1].squeeze(1));
+  return wrap_pair(batch_first ? out[0].transpose(0, 1) : out[0], std::move(out[1]));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef guarded_stack_def = {"forward",
+                                 reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(guarded_stack)),
+                                 METH_FASTCALL,
+                                 "(module, input, hx) -> (output, h_n), or None for the Python path (guarded_stack)"};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1357,6 +1511,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
         py::arg("reset_after"), py::arg("reverse"), py::arg("train"), py::arg("wpack") = py::none(),
         py::arg("fold") = py::none(), py::arg("b_hn") = py::none());
+  m.def("stack", &gru_stack, "a whole eval stack: (output (T, B, D*H), h_n (L*D, B, H))", py::arg("x"), py::arg("hx"),
+        py::arg("weights"), py::arg("layers"), py::arg("directions"), py::arg("reset_after"), py::arg("reverse"));
+  m.def(
+      "stack_guard",
+      [](py::tuple context) {
+        TORCH_CHECK(context.size() == 11, "grukit cpu backend: stack_guard takes an 11-tuple (see guarded_stack)");
+        PyObject* fn = PyCFunction_New(&guarded_stack_def, context.ptr());
+        if (fn == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(fn);
+      },
+      "grukit.GRU's eval forward as one builtin guarded by `context` (see guarded_stack)", py::arg("context"));
   m.def("pack_hh", &pack_hh, "W_hh packed for forward (cache it while the weight is unchanged)");
   m.def("pack_ih", &pack_ih, "W_ih packed for step (cache it while the weight is unchanged)");
   m.def("fold_bias", &fold_bias, "(b_ih with the recurrent r/z biases folded in, b_hn or an empty tensor)");
