@@ -200,16 +200,29 @@ constexpr int64_t panel_depth(int64_t K) {
   return std::is_same_v<W, bf16x2_t> ? (K + 1) / 2 : K;
 }
 
-// Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p < ceil(H/N), N = T's lanes;
+// Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p in [p_begin, min(p_end, P)) of
+// P = ceil(H/N), N = T's lanes;
 // W = bf16x2_t stores the weights rounded to bfloat16, in pairs along k (out[p][k/2][g][l], 0 past K).
 template <typename T, typename W = T>
 void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t row0, int G,
-                      W* out /* (P, panel_depth(K), G, N) */) {
+                      W* out /* (P, panel_depth(K), G, N) */, int64_t p_begin = 0, int64_t p_end = INT64_MAX) {
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
   const int64_t D = panel_depth<W>(K);
   auto weight = [&](int64_t j, int g, int64_t k) { return j < H && k < K ? w[(row0 + g * H + j) * K + k] : T(0); };
-  for (int64_t p = 0; p < P; ++p)
+  for (int64_t p = p_begin; p < std::min(p_end, P); ++p) {
+    if constexpr (std::is_same_v<T, W>) {
+      if ((p + 1) * N <= H) {  // a full panel: a fixed-stride gather of N rows per k, no bounds to check
+        for (int64_t d = 0; d < D; ++d)
+          for (int g = 0; g < G; ++g) {
+            const T* column = w + (row0 + g * H + p * N) * K + d;
+            W* o = out + ((p * D + d) * G + g) * N;
+#pragma GCC unroll 16
+            for (int l = 0; l < N; ++l) o[l] = column[l * K];
+          }
+        continue;
+      }
+    }
     for (int64_t d = 0; d < D; ++d)
       for (int g = 0; g < G; ++g)
         for (int l = 0; l < N; ++l) {
@@ -222,6 +235,7 @@ void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t 
                 bf16x2_t(to_bf16(weight(j, g, 2 * d))) | (bf16x2_t(to_bf16(weight(j, g, 2 * d + 1))) << 16);
           }
         }
+  }
 }
 
 // Backward packing (the transpose): out[p][m][l] = w[m][p*N + l] (0 past H), m < M = 3H rows.
@@ -840,6 +854,20 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w
 
 // W_hh packed for the forward loop: reset_after (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N). Packing costs
 // tens to hundreds of µs at H = 64..256, so the Python side caches the result across calls.
+// W_hh's panels [p_begin, p_end) packed into wp (the layout of pack_hh below), so that each thread of a split loop
+// packs the panels it reads (they land in its own core's cache).
+template <typename T>
+void pack_hh_panels(const T* w /* (3H, H) */, int64_t H, bool reset_after, T* wp, int64_t p_begin, int64_t p_end) {
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  if (reset_after) {
+    pack_gate_panels<T>(w, H, H, 0, 3, wp, p_begin, p_end);
+  } else {
+    pack_gate_panels<T>(w, H, H, 0, 2, wp, p_begin, p_end);
+    pack_gate_panels<T>(w, H, H, 2 * H, 1, wp + P * H * 2 * N, p_begin, p_end);
+  }
+}
+
 at::Tensor pack_hh(const at::Tensor& w_hh_in /* (3H, H) */, bool reset_after) {
   TORCH_CHECK(w_hh_in.dim() == 2 && w_hh_in.size(0) == 3 * w_hh_in.size(1), "grukit cpu backend: w_hh must be (3H, H)");
   const at::Tensor w_hh = w_hh_in.contiguous();
@@ -849,14 +877,7 @@ at::Tensor pack_hh(const at::Tensor& w_hh_in /* (3H, H) */, bool reset_after) {
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
     wpack = at::empty({P * H * 3 * N}, w_hh.options());
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
-    scalar_t* wp = wpack.data_ptr<scalar_t>();
-    if (reset_after) {
-      pack_gate_panels<scalar_t>(w, H, H, 0, 3, wp);
-    } else {
-      pack_gate_panels<scalar_t>(w, H, H, 0, 2, wp);
-      pack_gate_panels<scalar_t>(w, H, H, 2 * H, 1, wp + P * H * 2 * N);
-    }
+    pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, reset_after, wpack.data_ptr<scalar_t>(), 0, P);
   });
   return wpack;
 }
@@ -1156,7 +1177,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   const bool fused = fuse_input(T, B, I, H, x.element_size());
   const bool projected = !fused && project_with_kernel(I, H, x.element_size());
   at::Tensor gi, wih_pack;
-  if (fused || projected) wih_pack = pack_ih(w_ih);
+  const int64_t lanes = kVecBytes / x.element_size(), panels = (H + lanes - 1) / lanes;
+  if (fused || projected) wih_pack = at::empty({panels * I * 3 * lanes}, x.options());  // packed by each thread
   if (projected) {
     gi = at::empty({T, B, 3 * H}, x.options());
   } else if (!fused) {
@@ -1181,7 +1203,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
       TORCH_CHECK(wpack.is_contiguous() && wpack.scalar_type() == x.scalar_type() && wpack.numel() == P * H * 3 * N,
                   "grukit cpu backend: wpack does not come from pack_hh for this w_hh");
     } else {
-      wpack = pack_hh(w_hh, reset_after);
+      wpack = at::empty({P * H * 3 * N}, x.options());  // packed by each thread, its own panels (see run)
     }
     const scalar_t* wp = wpack.data_ptr<scalar_t>();
     const scalar_t* bhn = b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr;
@@ -1193,6 +1215,13 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
                                    fused && fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, I};
     auto run = [&](auto kernel) {
       grukit::Team::instance().run(team_size(B, H, fused ? I : 0, x.element_size()), [&](const Part& part) {
+        // each thread packs (and then alone reads) its panels: no barrier needed, and they land in its own cache
+        if (!wpack_in.has_value())
+          pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, reset_after, wpack.data_ptr<scalar_t>(),
+                                   part.begin(P), part.end(P));
+        if (wih_pack.defined())
+          pack_gate_panels<scalar_t>(w_ih.data_ptr<scalar_t>(), I, H, 0, 3, wih_pack.data_ptr<scalar_t>(),
+                                     part.begin(P), part.end(P));
         if (projected)
           project_input<scalar_t>(x.data_ptr<scalar_t>(), wih_pack.data_ptr<scalar_t>(),
                                   fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, gi.data_ptr<scalar_t>(),

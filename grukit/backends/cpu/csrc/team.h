@@ -133,8 +133,11 @@ class Team {
     job(Part{0, 2, this});
     ++syncs_;
     if (done_.wait_while(done, kIdleSpinNs) > 0) ++slept_;
-    if (syncs_ >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
-      if (4 * slept_ > syncs_) {
+    const uint64_t waits = slot_waits();  // the worker's slot is final: done_ was published after its job
+    const int64_t judged = syncs_ + static_cast<int64_t>(waits - judged_waits_);
+    if (judged >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
+      judged_waits_ = waits;
+      if (4 * slept_ > judged) {
         const int64_t wait = backoff_ns_;
         solo_until_ = steady_ns() + wait;
         backoff_ns_ = std::min(2 * wait, kMaxBackoffNs);
@@ -155,34 +158,55 @@ class Team {
   // How many jobs ran on two threads (the tests' window on the split).
   uint64_t split_jobs() const { return split_jobs_.load(std::memory_order_relaxed); }
   // Barriers waited at, of them slept at, and back-offs to one thread, all so far (diagnostics).
-  uint64_t barrier_waits() const { return waits_.load(std::memory_order_relaxed); }
+  uint64_t barrier_waits() const { return slot_waits(); }
   uint64_t barrier_sleeps() const { return barrier_sleeps_.load(std::memory_order_relaxed); }
   uint64_t backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
 
-  // The barrier of a two-thread job: the second arrival releases the first. The first spins for
-  // max(kBarrierSpinNs, its own work since its last barrier / kSpinShare, twice the last wake from a barrier sleep),
-  // at most kMaxBarrierSpinNs, before it sleeps: two halves of a long step finish microseconds apart (a fixed few-µs
-  // spin would sleep at every step, and every sleep costs a futex wake), while a partner descheduled by a busy core
-  // costs at most that share of a step before the wait sleeps. The wake term breaks convoys: on a VM waking a
-  // sleeping vCPU can take longer (80 µs measured here) than the base spin, so after one sleep the woken thread
-  // arrives late at every later barrier, the partner's spin runs out, it sleeps in turn, and every step pays a wake.
-  void sync() {
+  // The barrier of a two-thread job. Each thread counts its arrivals in its own cache line and waits for its
+  // partner's count to reach its own: one line crosses the cores each way, in parallel (a shared counter and a
+  // published flag cost two or three such trips in a row, about a microsecond per step on this VM). The waiter spins
+  // for max(kBarrierSpinNs, its own work since its last barrier / kSpinShare, twice the last wake from a barrier
+  // sleep), at most kMaxBarrierSpinNs, before it sleeps: two halves of a long step finish microseconds apart (a
+  // fixed few-µs spin would sleep at every step, and every sleep costs a futex wake), while a partner descheduled by
+  // a busy core costs at most that share of a step before the wait sleeps. The wake term breaks convoys: on a VM
+  // waking a sleeping vCPU can take longer (80 µs measured here) than the base spin, so after one sleep the woken
+  // thread arrives late at every later barrier, the partner's spin runs out, it sleeps in turn, and every step pays
+  // a wake.
+  void sync(int tid) {
     using Clock = std::chrono::steady_clock;
     thread_local Clock::time_point last_exit{};
     const auto arrive = Clock::now();
-    const uint32_t gen = barrier_.get();
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == 1) {
-      arrived_.store(0, std::memory_order_relaxed);
-      barrier_.publish(gen + 1);
-    } else {
-      ++syncs_;  // only the first arrival counts, so each barrier once
-      waits_.fetch_add(1, std::memory_order_relaxed);
+    Slot& mine = slots_[tid];
+    const Slot& other = slots_[1 - tid];
+    const uint32_t gen = mine.arrived.load(std::memory_order_relaxed) + 1;
+    mine.arrived.store(gen, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {  // the partner sleeps (rare): wake it
+      published_.store(steady_ns(), std::memory_order_relaxed);
+      std::lock_guard<std::mutex> lock(mutex_);
+      cv_.notify_all();
+    }
+    auto partner_here = [&] {
+      return static_cast<int32_t>(other.arrived.load(std::memory_order_acquire) - gen) >= 0;
+    };
+    if (!partner_here()) {
+      mine.waits.store(mine.waits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
       const int64_t wanted = std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed));
-      const int64_t spin_ns = std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted));
-      const int64_t wake_ns = barrier_.wait_while(gen, spin_ns);
-      if (wake_ns > 0) {
-        wake_ns_.store(wake_ns, std::memory_order_relaxed);
+      const auto spin = std::chrono::nanoseconds(std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted)));
+      bool here = false;
+      for (int i = 1; !(here = partner_here()); ++i) {
+        GRUKIT_PAUSE();
+        if ((i & 63) == 0 && Clock::now() - arrive > spin) break;
+      }
+      if (!here) {
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          cv_.wait(lock, partner_here);
+        }
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        wake_ns_.store(std::max<int64_t>(1, steady_ns() - published_.load(std::memory_order_relaxed)),
+                       std::memory_order_relaxed);
         slept_.fetch_add(1, std::memory_order_relaxed);
         barrier_sleeps_.fetch_add(1, std::memory_order_relaxed);
       }
@@ -191,6 +215,10 @@ class Team {
   }
 
  private:
+  uint64_t slot_waits() const {
+    return slots_[0].waits.load(std::memory_order_relaxed) + slots_[1].waits.load(std::memory_order_relaxed);
+  }
+
   // Whether a back-off is running (the clock is read only while one was set).
   bool backing_off() {
     const int64_t until = solo_until_.load(std::memory_order_relaxed);
@@ -214,20 +242,29 @@ class Team {
   std::thread worker_;
   void (*call_)(void*, Part) = nullptr;
   void* ctx_ = nullptr;
-  Signal jobs_, done_, barrier_;
-  std::atomic<int> arrived_{0};
+  Signal jobs_, done_;
+  struct alignas(64) Slot {  // written by one thread only: its barrier arrivals, and how many of them waited
+    std::atomic<uint32_t> arrived{0};
+    std::atomic<uint64_t> waits{0};
+  };
+  Slot slots_[2];
+  alignas(64) std::atomic<int> sleepers_{0};  // threads asleep at the barrier (read at every barrier, rarely written)
+  std::atomic<int64_t> published_{0};         // steady_ns() of the arrival that woke a sleeper
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  uint64_t judged_waits_ = 0;  // slots' waits at the last judgement (run)
   std::atomic<uint64_t> split_jobs_{0};
-  std::atomic<uint64_t> waits_{0}, barrier_sleeps_{0}, backoffs_{0};
+  std::atomic<uint64_t> barrier_sleeps_{0}, backoffs_{0};
   std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
   std::atomic<int64_t> solo_until_{0};              // steady_ns() until which jobs run on one thread, or 0
   std::atomic<int64_t> backoff_ns_{kMinBackoffNs};  // the next back-off's length
-  std::atomic<int> syncs_{0};       // waits since the last judgement: barriers (by their first arrival), job ends
-  std::atomic<int> slept_{0};       // of which the waiting thread had to sleep
+  int syncs_ = 0;              // job ends since the last judgement (the caller's; barrier waits are in the slots)
+  std::atomic<int> slept_{0};  // of those and the barrier waits since then, how many had to sleep
 };
 
 inline void Part::sync() const {
-  if (n > 1) team->sync();
+  if (n > 1) team->sync(tid);
 }
 
 }  // namespace grukit
