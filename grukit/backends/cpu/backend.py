@@ -23,6 +23,13 @@ sequences without a cached pack runs ``ext.step_direct`` from the unpacked weigh
 than the step). A single step (T = 1, reset_after, no lengths, every weight
 cacheable) runs ``ext.step``: both products from packed weights and the gate math in one kernel, with no GEMM
 call and no gi buffer.
+
+A whole eval stack (``gru_stack``: every layer and direction, zero or given h0, h_n assembled, no lengths, no
+autograd recorded, pack cache off) is one C++ call (``ext.stack``). After the first such call the layer keeps
+``stack_guard``'s native builtin as ``GRU._fast_forward``: it checks in C++ that nothing it relied on changed (eval
+mode, the module's own parameter objects, ``GRUKIT_BACKEND``, dispatch's generation, the pack cache, autocast, grad
+mode, the input's dtype, device, layout and shape) and runs the stack, or returns None to hand the call to the Python
+path.
 """
 
 from __future__ import annotations
