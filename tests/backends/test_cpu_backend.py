@@ -87,6 +87,27 @@ def test_float32_benchmark_sizes_match_the_reference(hidden, batch, monkeypatch)
     _assert_same(gru, torch.randn(16, batch, hidden), torch.randn(1, batch, hidden), None, monkeypatch)
 
 
+@pytest.mark.parametrize("steps", [1, 8, 19])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_batch_one_loop_with_the_projection_ahead_matches_the_reference(steps, direction, use_lengths, monkeypatch):
+    """B = 1 in the reset_after form projects the next block of 8 steps inside the current block's recurrent
+    products: a partial last block (19), a single block (8), a single step, I != H, reversed and cut short."""
+    torch.manual_seed(steps)
+    gru = grukit.GRU(21, 83, num_layers=2, bidirectional=direction == "bidirectional", reverse=direction == "reverse")
+    x, h0 = torch.randn(steps, 1, 21), torch.randn(4 if direction == "bidirectional" else 2, 1, 83)
+    lengths = torch.tensor([max(1, steps - 5)]) if use_lengths else None
+    _assert_same(gru, x, h0, lengths, monkeypatch)
+
+
+def test_batch_one_loop_with_the_projection_ahead_passes_gradcheck(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(2)
+    gru = grukit.GRU(4, 6, dtype=torch.float64)
+    x, h0 = torch.randn(11, 1, 4, dtype=torch.float64), torch.randn(1, 1, 6, dtype=torch.float64)
+    _gradcheck(gru, x, h0, torch.tensor([9]), fast_mode=False)
+
+
 def test_eval_dropconnect_batch_first_and_learned_init(monkeypatch):
     """Eval (no saved gates), training DropConnect (a masked w_hh), batch_first input, a learnable h0."""
     torch.manual_seed(0)

@@ -11,8 +11,9 @@
 // register tile (fuse_input): there each step also runs x_t W_ih^T from a packed W_ih into the same accumulators,
 // which saves writing and re-reading the (T, B, 3H) gi buffer. Where W_ih is small (project_with_kernel) the GEMM
 // is the same micro-kernel over all T*B rows, each thread projecting the panels its loop reads, instead of a call
-// into MKL. The loop allocates nothing and calls no ATen operator. Training saves the gates and the state entering
-// each step.
+// into MKL. At B = 1 in the reset_after form (forward_loop_ahead) the loop itself projects the next block of 8 steps
+// while it streams W_hh, in FMA slots the bandwidth-bound recurrent product leaves idle. The loop allocates nothing
+// and calls no ATen operator. Training saves the gates and the state entering each step.
 //
 // Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
 // batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
@@ -561,6 +562,166 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
   if (part.tid == 0) std::memcpy(h_n, h_cur, sizeof(T) * B * H);
 }
 
+// ------------------------------------------------------------------------------------------------ B = 1 loop
+
+// At B = 1 a step's recurrent product streams W_hh from cache with one FMA per weight vector loaded, so half the FMA
+// slots sit idle; the input projection is a GEMM that needs the FMAs and little bandwidth. forward_loop_ahead runs
+// them together: while step s of a block of kAhead steps streams W_hh panel p, the same loop adds 1/kAhead of the
+// next block's input projection for panel p (kAhead rows, one W_ih vector load per kAhead FMAs), so by the block's
+// end the next block's gi tile is complete. No (T, 3H) gi buffer, no GEMM call, and the projection's FLOPs hide in
+// the recurrent stream's load time.
+constexpr int kAhead = 8;
+
+// acc[g] = h W_hh^T for panel `whh` (K_h rows of k), and on the way tile[r][g] += x_r[k] W_ih[k][g] for k in
+// [k0, k1) of the next block's rows (tile: kAhead rows of stride ld at the panel's offset; `first` starts it from
+// the folded biases f instead). Each iteration pairs kAhead recurrent k with one projection k.
+template <typename T>
+GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, const T* whh /* (K_h, 3, N) */,
+                                       const T* const (&xr)[kAhead] /* (I,) each */,
+                                       const T* wih /* (I, 3, N) */, int64_t k0, int64_t k1,
+                                       T* tile /* (kAhead, ld) */, int64_t ld, int64_t H, int n, bool first,
+                                       const typename Simd<T>::V (&f)[3], typename Simd<T>::V (&acc)[3]) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  constexpr int R = kAhead;
+  V g[R][3];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 3; ++q) g[r][q] = first ? f[q] : load<T>(tile + r * ld + q * H, n);
+  for (int q = 0; q < 3; ++q) acc[q] = V{};
+  int64_t kh = 0, ki = k0;
+  for (; ki < k1 && kh + R <= K_h; ++ki, kh += R) {
+    const T* wi = wih + ki * 3 * N;
+    const V w0 = load<T>(wi, N), w1 = load<T>(wi + N, N), w2 = load<T>(wi + 2 * N, N);
+#pragma GCC unroll 8
+    for (int m = 0; m < R; ++m) {  // projection row m and recurrent k = kh + m, mixed for the schedulers
+      const V s = splat<T>(xr[m][ki]);
+      g[m][0] += s * w0;
+      g[m][1] += s * w1;
+      g[m][2] += s * w2;
+      const T* wh = whh + (kh + m) * 3 * N;
+      const V sh = splat<T>(h[kh + m]);
+      acc[0] += sh * load<T>(wh, N);
+      acc[1] += sh * load<T>(wh + N, N);
+      acc[2] += sh * load<T>(wh + 2 * N, N);
+    }
+  }
+  for (; ki < k1; ++ki) {
+    const T* wi = wih + ki * 3 * N;
+    const V w0 = load<T>(wi, N), w1 = load<T>(wi + N, N), w2 = load<T>(wi + 2 * N, N);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const V s = splat<T>(xr[r][ki]);
+      g[r][0] += s * w0;
+      g[r][1] += s * w1;
+      g[r][2] += s * w2;
+    }
+  }
+  for (; kh < K_h; ++kh) {
+    const T* wh = whh + kh * 3 * N;
+    const V s = splat<T>(h[kh]);
+    acc[0] += s * load<T>(wh, N);
+    acc[1] += s * load<T>(wh + N, N);
+    acc[2] += s * load<T>(wh + 2 * N, N);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 3; ++q) store<T>(tile + r * ld + q * H, g[r][q], n);
+}
+
+// The reset_after loop at B = 1 (see kAhead): x (steps, 1, I) and W_ih packed like W_hh (P, I, 3, N), fold (3H,)
+// or null. work: (2H + 2 kAhead 3H): two state buffers, then two gi tiles (this block's, the next one's). Other
+// arguments as forward_loop's.
+template <typename T, bool kTrain>
+void forward_loop_ahead(const T* x /* (steps, 1, I) */, const T* wih /* (P, I, 3, N) */,
+                        const T* fold /* (3H,) or null */, int64_t I, const T* wpack /* (P, H, 3, N) */,
+                        const T* b_hn /* (H,) or null */, const T* h0 /* (1, H) */,
+                        const int64_t* lengths /* (1,) or null */, T* y /* (steps, 1, H) out */,
+                        T* h_n /* (1, H) out */, T* gates /* training: (steps, 1, 4H) */,
+                        T* hs /* training: (steps, 1, H) */, T* work /* (2H + 6 kAhead H) */, int64_t steps,
+                        int64_t H, bool reverse, const Part& part) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  constexpr int R = kAhead;
+  const int64_t P = (H + N - 1) / N, ld = 3 * H;
+  T* h_cur = work;
+  T* h_next = work + H;
+  T* tiles = work + 2 * H;  // (2, R, 3H)
+  const int64_t p_begin = part.begin(P), p_end = part.end(P);
+  auto time_of = [&](int64_t s) { return reverse ? steps - 1 - s : s; };
+  auto block_rows = [&](int64_t block, const T* (&xr)[R]) {  // past the last step: repeats of it (results unused)
+    for (int r = 0; r < R; ++r) xr[r] = x + time_of(std::min(block * R + r, steps - 1)) * I;
+  };
+  auto biases = [&](int64_t j0, int n, V (&f)[3]) { load_gate_biases<T>(fold, H, j0, n, f); };
+  {  // block 0's tile, before the loop: each thread its own panels (the only ones it reads)
+    const T* xr[R];
+    block_rows(0, xr);
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t j0 = p * N;
+      const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+      V f[3], unused[3];
+      biases(j0, n, f);
+      panel_product_ahead<T>(nullptr, 0, nullptr, xr, wih + p * I * 3 * N, 0, I, tiles + j0, ld, H, n, true, f,
+                             unused);
+    }
+  }
+  if (part.tid == 0) std::memcpy(h_cur, h0, sizeof(T) * H);
+  part.sync();
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = time_of(s), block = s / R, i = s % R;
+    T* y_t = y + t * H;
+    const T* in_t = tiles + (block % 2) * R * ld + i * ld;
+    T* next = tiles + ((block + 1) % 2) * R * ld;
+    const bool ahead = (block + 1) * R < steps;
+    const T* xr[R];
+    block_rows(block + 1, xr);
+    const int64_t k0 = I * i / R, k1 = I * (i + 1) / R;
+    const bool valid = valid_step(lengths, 0, t);
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t j0 = p * N;
+      const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+      const T* panel = wpack + p * H * 3 * N;
+      V acc[3];
+      if (ahead) {
+        V f[3];
+        biases(j0, n, f);
+        panel_product_ahead<T>(h_cur, H, panel, xr, wih + p * I * 3 * N, k0, k1, next + j0, ld, H, n, i == 0, f,
+                               acc);
+      } else {
+        V one[1][3];
+        panel_product<T, 1, 3>(h_cur, H, H, panel, one);
+        for (int q = 0; q < 3; ++q) acc[q] = one[0][q];
+      }
+      const V hp = load<T>(h_cur + j0, n);
+      if (!valid) {  // past the sequence's length: keep the state, output zeros
+        store<T>(h_next + j0, hp, n);
+        store<T>(y_t + j0, V{}, n);
+        if constexpr (kTrain) store<T>(hs + t * H + j0, hp, n);
+        continue;
+      }
+      const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+      const V rg = sigmoid_v(load<T>(in_t + j0, n) + acc[0]);
+      const V zg = sigmoid_v(load<T>(in_t + H + j0, n) + acc[1]);
+      const V hn = acc[2] + bn;
+      const V ng = tanh_v(load<T>(in_t + 2 * H + j0, n) + rg * hn);
+      const V hnew = ng + zg * (hp - ng);
+      store<T>(h_next + j0, hnew, n);
+      store<T>(y_t + j0, hnew, n);
+      if constexpr (kTrain) {
+        T* gs = gates + t * 4 * H + j0;
+        store<T>(gs, rg, n);
+        store<T>(gs + H, zg, n);
+        store<T>(gs + 2 * H, ng, n);
+        store<T>(gs + 3 * H, hn, n);
+        store<T>(hs + t * H + j0, hp, n);
+      }
+    }
+    part.sync();  // the next step reads every unit of h_next
+    std::swap(h_cur, h_next);
+  }
+  if (part.tid == 0) std::memcpy(h_n, h_cur, sizeof(T) * H);
+}
+
 // ------------------------------------------------------------------------------------------------ streaming step
 
 // One time step of the reset_after form with no lengths (the streaming step): the input product comes from W_ih
@@ -826,6 +987,13 @@ constexpr int64_t kFuseBytes = 2 << 20;
 
 bool fuse_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_bytes) {
   return T >= 2 && B >= kFuseBatch && 3 * H * (I + H) * element_bytes <= kFuseBytes;
+}
+
+// forward_loop_ahead serves B = 1 in the reset_after form where W_ih and W_hh together fit kFuseBytes (beyond, W_ih
+// streamed beside W_hh from L3 costs more than the GEMM it replaces: at H = 1024 on an AMD EPYC 2.4x slower), and
+// only where its kAhead x 3 tile fits the vector registers (AVX-512).
+bool loop_ahead(int64_t T, int64_t B, int64_t I, int64_t H, bool reset_after, int64_t element_bytes) {
+  return kMaxRows >= kAhead && T >= 2 && B == 1 && reset_after && 3 * H * (I + H) * element_bytes <= kFuseBytes;
 }
 
 // Where the input side is a GEMM before the loop, the micro-kernel computes it (project_input) when W_ih is at most
@@ -1175,13 +1343,14 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     }
   }
   const bool fused = fuse_input(T, B, I, H, x.element_size());
-  const bool projected = !fused && project_with_kernel(I, H, x.element_size());
+  const bool ahead = loop_ahead(T, B, I, H, reset_after, x.element_size());
+  const bool projected = !fused && !ahead && project_with_kernel(I, H, x.element_size());
   at::Tensor gi, wih_pack;
   const int64_t lanes = kVecBytes / x.element_size(), panels = (H + lanes - 1) / lanes;
-  if (fused || projected) wih_pack = at::empty({panels * I * 3 * lanes}, x.options());  // packed by each thread
+  if (fused || projected || ahead) wih_pack = at::empty({panels * I * 3 * lanes}, x.options());  // packed by each thread
   if (projected) {
     gi = at::empty({T, B, 3 * H}, x.options());
-  } else if (!fused) {
+  } else if (!fused && !ahead) {
     const at::Tensor x2 = x.reshape({T * B, I});
     gi = fold.defined() ? at::addmm(fold, x2, w_ih.t()) : at::mm(x2, w_ih.t());
   }
@@ -1192,7 +1361,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   at::Tensor h_n = at::empty({B, H}, opts);
   at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
   at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
-  at::Tensor work = at::empty({4 * B * H}, opts);
+  at::Tensor work = at::empty({ahead ? (2 + 6 * kAhead) * H : 4 * B * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
     constexpr int N = Simd<scalar_t>::N;
@@ -1210,11 +1379,11 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
     scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = train ? hs.data_ptr<scalar_t>() : nullptr;
-    const InputSide<scalar_t> side{fused ? nullptr : gi.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+    const InputSide<scalar_t> side{fused || ahead ? nullptr : gi.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                    fused ? wih_pack.data_ptr<scalar_t>() : nullptr,
                                    fused && fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, I};
     auto run = [&](auto kernel) {
-      grukit::Team::instance().run(team_size(B, H, fused ? I : 0, x.element_size()), [&](const Part& part) {
+      grukit::Team::instance().run(team_size(B, H, fused || ahead ? I : 0, x.element_size()), [&](const Part& part) {
         // each thread packs (and then alone reads) its panels: no barrier needed, and they land in its own cache
         if (!wpack_in.has_value())
           pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, reset_after, wpack.data_ptr<scalar_t>(),
@@ -1226,6 +1395,14 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
           project_input<scalar_t>(x.data_ptr<scalar_t>(), wih_pack.data_ptr<scalar_t>(),
                                   fold.defined() ? fold.data_ptr<scalar_t>() : nullptr, gi.data_ptr<scalar_t>(),
                                   T * B, I, H, part.begin(P), part.end(P));
+        if (ahead) {
+          const scalar_t* fp = fold.defined() ? fold.data_ptr<scalar_t>() : nullptr;
+          (train ? forward_loop_ahead<scalar_t, true> : forward_loop_ahead<scalar_t, false>)(
+              x.data_ptr<scalar_t>(), wih_pack.data_ptr<scalar_t>(), fp, I, wp, bhn, h0.data_ptr<scalar_t>(), len,
+              y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, H, reverse,
+              part);
+          return;
+        }
         kernel(side, wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
                h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, part);
       });
