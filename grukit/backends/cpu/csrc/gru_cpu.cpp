@@ -201,6 +201,47 @@ constexpr int64_t panel_depth(int64_t K) {
   return std::is_same_v<W, bf16x2_t> ? (K + 1) / 2 : K;
 }
 
+#if defined(__AVX512F__)
+// out[d * stride + l] = rows[l][d] for l < 16, d < depth <= 16: a 16 x 16 transpose in registers (rows read one
+// cache line each, masked past depth), four rounds of 16 shuffles instead of 256 scalar loads and strided stores.
+constexpr int64_t kPackAhead = 128;  // floats: each row is prefetched 8 cache lines ahead of its reads
+GRUKIT_INLINE void transpose_16x16(const float* rows /* (16, ld) */, int64_t ld, int depth, float* out,
+                                   int64_t stride) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << depth) - 1u);
+  __m512 r[16], t[16];
+  for (int l = 0; l < 16; ++l) {
+    r[l] = _mm512_maskz_loadu_ps(mask, rows + l * ld);
+    _mm_prefetch(reinterpret_cast<const char*>(rows + l * ld + kPackAhead), _MM_HINT_T0);
+  }
+  for (int l = 0; l < 16; l += 2) {  // 32-bit interleave of row pairs, within each 128-bit lane
+    t[l] = _mm512_unpacklo_ps(r[l], r[l + 1]);
+    t[l + 1] = _mm512_unpackhi_ps(r[l], r[l + 1]);
+  }
+  auto lo64 = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  auto hi64 = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int q = 0; q < 16; q += 4) {  // r[q + c], lane i: rows q..q+3 at d = 4i + c
+    r[q] = lo64(t[q], t[q + 2]);
+    r[q + 1] = hi64(t[q], t[q + 2]);
+    r[q + 2] = lo64(t[q + 1], t[q + 3]);
+    r[q + 3] = hi64(t[q + 1], t[q + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {  // the 4 x 4 transpose of 128-bit lanes among r[c], r[4 + c], r[8 + c], r[12 + c]
+    const __m512 a0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), a1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+    const __m512 b0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512 b1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    t[c] = _mm512_shuffle_f32x4(a0, b0, 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(a1, b1, 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(a0, b0, 0xdd);
+    t[12 + c] = _mm512_shuffle_f32x4(a1, b1, 0xdd);
+  }
+  for (int d = 0; d < depth; ++d) _mm512_storeu_ps(out + d * stride, t[d]);
+}
+#endif
+
 // Forward packing: out[p][k][g][l] = w[row0 + g*H + p*N + l][k] (0 past H), panels p in [p_begin, min(p_end, P)) of
 // P = ceil(H/N), N = T's lanes;
 // W = bf16x2_t stores the weights rounded to bfloat16, in pairs along k (out[p][k/2][g][l], 0 past K).
@@ -217,6 +258,15 @@ void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t 
         // (a gather along k would step through rows K apart, which share L1 sets when K * sizeof(T) is a multiple
         // of 4 KiB: packing W_hh at H = 1024 took 9 ms)
         constexpr int64_t kLine = 64 / sizeof(T);
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<T, float> && N == 16) {  // one gate's 16 rows at a time: 16 read streams
+          for (int g = 0; g < G; ++g)
+            for (int64_t d0 = 0; d0 < D; d0 += kLine)
+              transpose_16x16(w + (row0 + g * H + p * N) * K + d0, K, static_cast<int>(std::min(kLine, D - d0)),
+                              out + ((p * D + d0) * G + g) * N, G * N);
+          continue;
+        }
+#endif
         for (int64_t d0 = 0; d0 < D; d0 += kLine) {
           const int64_t d1 = std::min(D, d0 + kLine);
           for (int g = 0; g < G; ++g)
