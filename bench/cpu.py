@@ -110,6 +110,15 @@ def sgemm_rate() -> float:
     return max(rates)
 
 
+def sgemm_scaling(threads: int) -> float:
+    """torch sgemm at ``threads`` threads against one, 1024 x 1024, interleaved medians: what this machine gives a
+    compute-bound job on more cores right now (below ~1.9 the other core is busy or an SMT sibling)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    fns = at_threads({"mm": lambda: torch.mm(a, b)}, 1) | at_threads({"mm": lambda: torch.mm(a, b)}, threads)
+    seconds = interleaved(fns, 9)
+    return seconds["mm@1"] / seconds[f"mm@{threads}"]
+
+
 def read_bandwidth(nbytes: int) -> float:
     """This machine's one-thread read bandwidth in bytes/s over a float32 buffer of ``nbytes`` (the size of W_hh):
     torch.sum's median time less that of a 16-element sum (its call overhead), each repeated to take ~10 ms."""
@@ -401,6 +410,8 @@ def main() -> None:
         ort_version = "not installed"
     command = "python bench/cpu.py " + " ".join(sys.argv[1:])
     load_before = load_average()
+    most = max(ARGS.threads)
+    scaling_before = sgemm_scaling(most) if most > 1 else None
     header = [
         f"- Machine: {machine()}; kernels built for {ext.vector_bytes() * 8}-bit vectors; measured torch sgemm "
         f"{rate:.0f} GFLOP/s on one thread (the floor column assumes the notes' 96 and their AMD EPYC bandwidths; "
@@ -428,6 +439,12 @@ def main() -> None:
         f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()} — the machine is shared "
         "(2 cores): other jobs inflate absolute times and above all the 2-thread columns."
     )
+    if scaling_before is not None:
+        header.append(
+            f"- Torch sgemm (1024 x 1024) on {most} threads against one, the machine's own scaling for compute-bound "
+            f"work: {scaling_before:.2f}x before the run, {sgemm_scaling(most):.2f}x after (about 1.9x when the "
+            "other core is free; the grukit n-thread / 1-thread speed-ups below are bounded by it)."
+        )
     section = markdown(header, infer, stream, train)
     publish(section, None if ARGS.no_write else Path(ARGS.out), START, END)
 

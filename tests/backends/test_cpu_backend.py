@@ -87,6 +87,17 @@ def test_float32_benchmark_sizes_match_the_reference(hidden, batch, monkeypatch)
     _assert_same(gru, torch.randn(16, batch, hidden), torch.randn(1, batch, hidden), None, monkeypatch)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_input_side_as_one_gemm_matches_the_reference(reset_after, bias, monkeypatch):
+    """W_ih beyond the micro-kernel's projection size at B < 8: one GEMM projects every step before the loop, into a
+    buffer reused across calls (the second, shorter call must not see the first call's projections)."""
+    torch.manual_seed(1)
+    gru = grukit.GRU(200, 300, num_layers=2, bias=bias, reset_after=reset_after)  # W_ih: 703 KiB and 1.03 MiB
+    for steps, lengths in ((6, None), (3, torch.tensor([3, 2]))):
+        _assert_same(gru, torch.randn(steps, 2, 200), torch.randn(2, 2, 300), lengths, monkeypatch)
+
+
 @pytest.mark.parametrize("steps", [1, 8, 19])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("use_lengths", [False, True])

@@ -1369,14 +1369,15 @@ class Stepper {
   at::ScalarType dtype_ = at::kFloat;
 };
 
-// A buffer of this thread's, reused across calls, for what a call packs and drops (its packed weights, slot 0 or 1;
-// up to kMaxReusedBytes each, kept until the thread ends): a fresh allocation of several MiB page-faults on every
-// 4 KiB page each call (packing W_hh at H = 1024 took 1200 faults and 9 ms a call on an AMD EPYC).
-constexpr int64_t kMaxReusedBytes = 64 << 20;
+// A buffer of this thread's, reused across calls, for what a call fills and drops (slot 0: packed W_ih, 1: packed
+// W_hh, 2: the input projections gi), up to kMaxReusedBytes each (W_hh at H = 1024; gi up to B = 8 at T = 256, H =
+// 1024), kept until the thread ends: a fresh allocation of several MiB page-faults on every 4 KiB page each call
+// (packing W_hh at H = 1024 took 1200 faults and 9 ms a call on an AMD EPYC).
+constexpr int64_t kMaxReusedBytes = 32 << 20;
 
 at::Tensor reusable(int slot, int64_t numel, const at::TensorOptions& opts) {
   if (numel * static_cast<int64_t>(opts.dtype().itemsize()) > kMaxReusedBytes) return at::empty({numel}, opts);
-  thread_local at::Tensor kept[2];
+  thread_local at::Tensor kept[3];
   at::Tensor& buffer = kept[slot];
   if (!buffer.defined() || buffer.dtype() != opts.dtype() || buffer.numel() < numel) buffer = at::empty({numel}, opts);
   return buffer.narrow(0, 0, numel);
@@ -1416,11 +1417,15 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   at::Tensor gi, wih_pack;
   const int64_t lanes = kVecBytes / x.element_size(), panels = (H + lanes - 1) / lanes;
   if (fused || projected || ahead) wih_pack = reusable(0, panels * I * 3 * lanes, x.options());  // packed by each thread
-  if (projected) {
-    gi = at::empty({T, B, 3 * H}, x.options());
-  } else if (!fused && !ahead) {
+  if (projected || (!fused && !ahead)) gi = reusable(2, T * B * 3 * H, x.options()).view({T, B, 3 * H});
+  if (!projected && !fused && !ahead) {
     const at::Tensor x2 = x.reshape({T * B, I});
-    gi = fold.defined() ? at::addmm(fold, x2, w_ih.t()) : at::mm(x2, w_ih.t());
+    at::Tensor gi2 = gi.view({T * B, 3 * H});
+    if (fold.defined()) {
+      at::addmm_out(gi2, fold, x2, w_ih.t());
+    } else {
+      at::mm_out(gi2, x2, w_ih.t());
+    }
   }
   at::Tensor lengths;
   if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
@@ -1549,7 +1554,7 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_backward", [&] {
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
-    at::Tensor wpack = at::empty({P * 3 * H * N}, opts);
+    at::Tensor wpack = reusable(1, P * 3 * H * N, opts);
     pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>());
     const scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
     const scalar_t* dhp = dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr;
