@@ -445,11 +445,13 @@ def test_streaming_step_matches_the_reference(dtype, bias, hidden, batch, inputs
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("hidden, batch, inputs", [(37, 9, 7), (1, 1, 1), (64, 1, 64)])
-def test_the_fused_stepper_matches_the_reference(dtype, atol, bias, hidden, batch, inputs, monkeypatch):
+def test_the_fused_stepper_matches_the_reference(dtype, atol, reset_after, bias, hidden, batch, inputs, monkeypatch):
+    """Both equation forms (reset_after=False: two phases per layer), tail lanes, a row remainder, three layers."""
     torch.manual_seed(hidden)
-    gru = grukit.GRU(inputs, hidden, num_layers=3, bias=bias, dtype=dtype).eval()
+    gru = grukit.GRU(inputs, hidden, num_layers=3, bias=bias, reset_after=reset_after, dtype=dtype).eval()
     xs = torch.randn(5, batch, inputs, dtype=dtype)
     h0 = torch.randn(3, batch, hidden, dtype=dtype)
     monkeypatch.setenv(dispatch.ENV_VAR, "reference")
@@ -576,7 +578,7 @@ def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
         gru.train()
         return [out, stepper.state]
 
-    for fn in (train, steps) if reset_after else (train,):
+    for fn in (train, steps):
         before = ext.split_stats()
         one, two = _unsplit_and_split(fn)
         after = ext.split_stats()
@@ -587,16 +589,18 @@ def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("hidden, batch, layers", [(37, 9, 2), (64, 1, 1)])
-def test_bf16_stepper_weights_stay_close_to_float32(hidden, batch, layers, monkeypatch):
-    """bfloat16 keeps 8 bits of mantissa: each weight moves by at most 2^-9 of itself, the outputs by ~1e-3."""
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("hidden, batch, layers", [(37, 9, 2), (64, 1, 1), (33, 2, 1)])
+def test_bf16_stepper_weights_stay_close_to_float32(reset_after, hidden, batch, layers, monkeypatch):
+    """bfloat16 keeps 8 bits of mantissa: each weight moves by at most 2^-9 of itself, the outputs by ~1e-3 (33: an
+    odd k, whose last pair has no partner)."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
-    gru = grukit.GRU(hidden, hidden, num_layers=layers).eval()
+    gru = grukit.GRU(hidden, hidden, num_layers=layers, reset_after=reset_after).eval()
     xs = torch.randn(8, batch, hidden)
     exact, rounded = gru.stepper(), gru.stepper(bf16=True)
     with torch.no_grad():
-        rounded_model = grukit.GRU(hidden, hidden, num_layers=layers).eval()
+        rounded_model = grukit.GRU(hidden, hidden, num_layers=layers, reset_after=reset_after).eval()
         rounded_model.load_state_dict(
             {k: v.bfloat16().float() if "weight" in k else v for k, v in gru.state_dict().items()}
         )
@@ -608,7 +612,7 @@ def test_bf16_stepper_weights_stay_close_to_float32(hidden, batch, layers, monke
 
 
 def test_bf16_stepper_needs_a_float32_fused_model(monkeypatch):
-    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
-    for model in (grukit.GRU(3, 4, dtype=torch.float64), grukit.GRU(3, 4, reset_after=False)):
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)  # the default dispatch: layer_norm goes to the reference
+    for model in (grukit.GRU(3, 4, dtype=torch.float64), grukit.GRU(3, 4, layer_norm=True)):
         with pytest.raises(ValueError, match="bf16"):
             model.eval().stepper(bf16=True)

@@ -108,7 +108,7 @@ def _reference_steps(gru, xs, state, monkeypatch):
     [
         {"num_layers": 3},
         {"num_layers": 2, "bias": False, "learn_init": True},
-        {"reset_after": False},  # no fused kernel: the stepper calls gru.step
+        {"reset_after": False, "num_layers": 2},  # the fused kernel's two-phase form
         {"layer_norm": True, "zoneout": 0.3},  # served by the reference
     ],
 )

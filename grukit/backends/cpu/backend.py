@@ -200,10 +200,10 @@ class CpuBackend:
         """A fused eval stepper for a stack of forward layers (``grukit.nn.streaming.Stepper``): every layer's
         weights packed now, and ``step(x_t: (B, I) or (I,), state: (L, B, H) or (L, H)) -> (y_t, new state)`` runs
         all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage;
-        ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). None
-        (no fused stepper) for the reset_after=False form, which the step kernel lacks. ``bf16`` packs the weights
+        ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). Both
+        equation forms (reset_after=False: two phases per layer, r * h between them). ``bf16`` packs the weights
         rounded to bfloat16 (float32 only: products, gates and state stay float32)."""
-        if not config.reset_after or config.reverse or (bf16 and weights[0].w_ih.dtype != torch.float32):
+        if config.reverse or (bf16 and weights[0].w_ih.dtype != torch.float32):
             return None
         layers = []
         for w in weights:
@@ -212,7 +212,8 @@ class CpuBackend:
             if present is not None:  # both, or one only: then a zero for the other
                 biases = [torch.zeros_like(present) if b is None else b for b in (w.b_ih, w.b_hh)]
             layers.append([w.w_ih, w.w_hh, *biases])
-        return self.ext.Stepper(layers, list(watched), bf16).bind()  # no pybind11 argument matching per call
+        stepper = self.ext.Stepper(layers, list(watched), bf16, config.reset_after)
+        return stepper.bind()  # no pybind11 argument matching per call
 
     def gru_stack(
         self,

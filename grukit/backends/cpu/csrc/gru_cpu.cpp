@@ -792,14 +792,16 @@ GRUKIT_INLINE void weight_product(const T* src, int64_t ld, int64_t K, const W* 
   }
 }
 
-template <typename T, typename W = T>
-void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, depth(I), 3, N) */,
-                 const W* whh /* (P, depth(H), 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
-                 const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
-                 int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */) {
+// The panels [p_begin, p_end) of a streaming step: for each panel and block of R rows, the input product ai (3
+// gates, W_ih packed (P, depth(I), 3, N)) and the recurrent one ah (G gates: the first G of each whh panel, panels
+// of depth(H) x G), then gates(Rows<R>, b0, j0, n, f, ai, ah) with f the panel's folded biases.
+template <typename T, typename W, int G, typename F>
+GRUKIT_INLINE void step_panels(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih, const W* whh,
+                               const T* fold /* (3H,) or null */, int64_t B, int64_t I, int64_t H, int64_t p_begin,
+                               int64_t p_end, F&& gates) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  const int64_t panel_i_size = panel_depth<W>(I) * 3 * N, panel_h_size = panel_depth<W>(H) * 3 * N;
+  const int64_t panel_i_size = panel_depth<W>(I) * 3 * N, panel_h_size = panel_depth<W>(H) * G * N;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t j0 = p * N;
     const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
@@ -811,22 +813,95 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
     }
     V f[3];
     load_gate_biases<T>(fold, H, j0, n, f);
-    const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
-      V ai[R][3], ah[R][3];
+      V ai[R][3], ah[R][G];
       weight_product<T, R, 3, W>(x + b0 * I, I, I, panel_i, ai);
-      weight_product<T, R, 3, W>(h0 + b0 * H, H, H, panel_h, ah);
+      weight_product<T, R, G, W>(h0 + b0 * H, H, H, panel_h, ah);
+      gates(rows, b0, j0, n, f, ai, ah);
+    });
+  }
+}
+
+template <typename T, typename W = T>
+void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, depth(I), 3, N) */,
+                 const W* whh /* (P, depth(H), 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
+                 const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
+                 int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */) {
+  using V = typename Simd<T>::V;
+  step_panels<T, W, 3>(x, h0, wih, whh, fold, B, I, H, p_begin, p_end,
+                       [&](auto rows, int64_t b0, int64_t j0, int n, const V(&f)[3], auto& ai, auto& ah) {
+                         constexpr int R = decltype(rows)::value;
+                         const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+#pragma GCC unroll 8
+                         for (int r = 0; r < R; ++r) {
+                           const int64_t o = (b0 + r) * H + j0;
+                           const V hp = load<T>(h0 + o, n);
+                           const V rg = sigmoid_v((f[0] + ai[r][0]) + ah[r][0]);
+                           const V zg = sigmoid_v((f[1] + ai[r][1]) + ah[r][1]);
+                           const V ng = tanh_v((f[2] + ai[r][2]) + rg * (ah[r][2] + bn));
+                           const V hnew = ng + zg * (hp - ng);
+                           store<T>(h_n + o, hnew, n);
+                           if (y != h_n) store<T>(y + o, hnew, n);
+                         }
+                       });
+}
+
+// The streaming step in the reset_before form, in two phases with a barrier between them (phase 2 reads r * h of
+// every unit). Phase 1, panels [p_begin, p_end): r and z from x and h, the input side of n; into `work` (3, B, H):
+// r * h, z, x_n. whh: the r/z panels (P, depth(H), 2, N) then the n panels (P, depth(H), 1, N), as pack_hh(w, false);
+// fold: b_ih + b_hh (b_hn folded too: it sits outside r in this form).
+template <typename T, typename W = T>
+void step_kernel_before_rz(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, depth(I), 3, N) */,
+                           const W* whh, const T* fold /* (3H,) or null */, T* work /* (3, B, H) out */, int64_t B,
+                           int64_t I, int64_t H, int64_t p_begin, int64_t p_end) {
+  using V = typename Simd<T>::V;
+  T* rh = work;
+  T* z = work + B * H;
+  T* x_n = work + 2 * B * H;
+  step_panels<T, W, 2>(x, h0, wih, whh, fold, B, I, H, p_begin, p_end,
+                       [&](auto rows, int64_t b0, int64_t j0, int n, const V(&f)[3], auto& ai, auto& ah) {
+                         constexpr int R = decltype(rows)::value;
+#pragma GCC unroll 8
+                         for (int r = 0; r < R; ++r) {
+                           const int64_t o = (b0 + r) * H + j0;
+                           const V rg = sigmoid_v((f[0] + ai[r][0]) + ah[r][0]);
+                           store<T>(z + o, sigmoid_v((f[1] + ai[r][1]) + ah[r][1]), n);
+                           store<T>(x_n + o, f[2] + ai[r][2], n);
+                           store<T>(rh + o, rg * load<T>(h0 + o, n), n);
+                         }
+                       });
+}
+
+// Phase 2: n = tanh(x_n + W_hn (r * h)) and the new state into h_n (and y unless it is h_n), from phase 1's work.
+template <typename T, typename W = T>
+void step_kernel_before_n(const T* h0 /* (B, H) */, const W* whh /* as step_kernel_before_rz's */,
+                          const T* work /* (3, B, H) */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
+                          int64_t B, int64_t H, int64_t p_begin, int64_t p_end) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N, panel_size = panel_depth<W>(H) * N;
+  const W* wn = whh + P * panel_depth<W>(H) * 2 * N;
+  const T* rh = work;
+  const T* z = work + B * H;
+  const T* x_n = work + 2 * B * H;
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int64_t j0 = p * N;
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+    const W* panel = wn + p * panel_size;
+    if (p + 1 < p_end) __builtin_prefetch(panel + panel_size);
+    for_row_blocks(B, [&](auto rows, int64_t b0) {
+      constexpr int R = decltype(rows)::value;
+      V acc[R][1];
+      weight_product<T, R, 1, W>(rh + b0 * H, H, H, panel, acc);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const int64_t b = b0 + r;
-        const V hp = load<T>(h0 + b * H + j0, n);
-        const V rg = sigmoid_v((f[0] + ai[r][0]) + ah[r][0]);
-        const V zg = sigmoid_v((f[1] + ai[r][1]) + ah[r][1]);
-        const V ng = tanh_v((f[2] + ai[r][2]) + rg * (ah[r][2] + bn));
-        const V hnew = ng + zg * (hp - ng);
-        store<T>(h_n + b * H + j0, hnew, n);
-        if (y != h_n) store<T>(y + b * H + j0, hnew, n);
+        const int64_t o = (b0 + r) * H + j0;
+        const V hp = load<T>(h0 + o, n);
+        const V ng = tanh_v(load<T>(x_n + o, n) + acc[r][0]);
+        const V hnew = ng + load<T>(z + o, n) * (hp - ng);
+        store<T>(h_n + o, hnew, n);
+        if (y != h_n) store<T>(y + o, hnew, n);
       }
     });
   }
@@ -1210,21 +1285,28 @@ std::vector<at::Tensor> gru_step_direct(const at::Tensor& x_in, const at::Tensor
   return {y, h_n};
 }
 
-// W (3H, K) of float32 packed like pack_ih / pack_hh(w, true), rounded to bfloat16 in pairs along k,
-// (P, ceil(K/2), 3, N) pairs (an int32 tensor).
-at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */) {
+// W (3H, K) of float32 packed like pack_ih / pack_hh(w, three_gates), rounded to bfloat16 in pairs along k: (P,
+// ceil(K/2), 3, N) pairs, or the (P, ceil(K/2), 2, N) r/z panels then the (P, ceil(K/2), 1, N) n panels (an int32
+// tensor).
+at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */, bool three_gates) {
   TORCH_CHECK(w_in.scalar_type() == at::kFloat, "grukit stepper: bfloat16 weights need a float32 model, got ",
               w_in.scalar_type());
   const at::Tensor w = w_in.contiguous();
   const int64_t H = w.size(0) / 3, K = w.size(1);
   constexpr int N = Simd<float>::N;
-  at::Tensor out = at::empty({(H + N - 1) / N * panel_depth<bf16x2_t>(K) * 3 * N}, w.options().dtype(at::kInt));
-  pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 3,
-                                    reinterpret_cast<bf16x2_t*>(out.data_ptr<int32_t>()));
+  const int64_t P = (H + N - 1) / N, D = panel_depth<bf16x2_t>(K);
+  at::Tensor out = at::empty({P * D * 3 * N}, w.options().dtype(at::kInt));
+  bf16x2_t* packed = reinterpret_cast<bf16x2_t*>(out.data_ptr<int32_t>());
+  if (three_gates) {
+    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 3, packed);
+  } else {
+    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 2, packed);
+    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 2 * H, 1, packed + P * D * 2 * N);
+  }
   return out;
 }
 
-// A streaming stepper bound to a stack of layers (reset_after form): every layer's weights packed once (optionally
+// A streaming stepper bound to a stack of layers (either equation form): every layer's weights packed once (optionally
 // as bfloat16, float32 models only: half the bytes per step, products and gates still in float32), and all layers
 // of one time step in one call with no ATen call but the two output allocations. It keeps the tensors it was built
 // from (`watched`) with their version counters and data pointers, and step() returns None instead of a result once
@@ -1232,8 +1314,9 @@ at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */) {
 class Stepper {
  public:
   // layers: per layer [w_ih (3H, I_l), w_hh (3H, H)] or [w_ih, w_hh, b_ih (3H,), b_hh (3H,)], all of one dtype.
-  Stepper(const std::vector<std::vector<at::Tensor>>& layers, const std::vector<at::Tensor>& watched, bool bf16)
-      : watched_(watched), bf16_(bf16) {
+  Stepper(const std::vector<std::vector<at::Tensor>>& layers, const std::vector<at::Tensor>& watched, bool bf16,
+          bool reset_after)
+      : watched_(watched), bf16_(bf16), reset_after_(reset_after) {
     at::NoGradGuard no_grad;
     TORCH_CHECK(!layers.empty(), "grukit stepper: no layers");
     H_ = layers[0][1].size(1);
@@ -1244,10 +1327,11 @@ class Stepper {
                   "grukit stepper: each layer needs w_ih (3H, I) and w_hh (3H, H) of one H, and optionally both biases");
       for (const auto& t : w)
         TORCH_CHECK(t.scalar_type() == dtype_ && t.device().is_cpu(), "grukit stepper: CPU weights of one dtype");
-      Layer layer{bf16 ? pack_bf16(w[0]) : pack_ih(w[0]), bf16 ? pack_bf16(w[1]) : pack_hh(w[1], true), at::Tensor(),
-                  at::Tensor(), w[0].size(1)};
+      Layer layer{bf16 ? pack_bf16(w[0], true) : pack_ih(w[0]),
+                  bf16 ? pack_bf16(w[1], reset_after) : pack_hh(w[1], reset_after), at::Tensor(), at::Tensor(),
+                  w[0].size(1)};
       if (w.size() == 4) {
-        auto folded = fold_bias(w[2], w[3], true);
+        auto folded = fold_bias(w[2], w[3], reset_after);
         layer.fold = folded[0];
         layer.b_hn = folded[1];
       }
@@ -1305,6 +1389,8 @@ class Stepper {
     }
     int64_t inputs = 0;  // the input widths of all layers, for the FLOP count
     for (const auto& layer : layers_) inputs += layer.in;
+    if (!reset_after_ && (!work_.defined() || work_.numel() < 3 * B * H_))  // grows with B, else no allocation
+      work_ = at::detail::empty_cpu({3 * B * H_}, dtype_, false);
     AT_DISPATCH_FLOATING_TYPES(dtype_, "grukit_stepper", [&] {
       constexpr int N = Simd<scalar_t>::N;
       const int64_t P = (H_ + N - 1) / N;
@@ -1315,9 +1401,16 @@ class Stepper {
         using Wt = std::conditional_t<decltype(rounded)::value && std::is_same_v<scalar_t, float>, bf16x2_t, scalar_t>;
         const Wt* wih = static_cast<const Wt*>(w.wih.data_ptr());
         const Wt* whh = static_cast<const Wt*>(w.whh.data_ptr());
-        step_kernel<scalar_t, Wt>(in, h_l, wih, whh, w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr,
-                                  w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr, y_out, out, B, w.in, H_,
-                                  part.begin(P), part.end(P));
+        const scalar_t* fold = w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr;
+        if (reset_after_) {
+          step_kernel<scalar_t, Wt>(in, h_l, wih, whh, fold, w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr,
+                                    y_out, out, B, w.in, H_, part.begin(P), part.end(P));
+        } else {
+          scalar_t* work = work_.data_ptr<scalar_t>();
+          step_kernel_before_rz<scalar_t, Wt>(in, h_l, wih, whh, fold, work, B, w.in, H_, part.begin(P), part.end(P));
+          part.sync();  // phase 2 reads r * h of every unit
+          step_kernel_before_n<scalar_t, Wt>(h_l, whh, work, y_out, out, B, H_, part.begin(P), part.end(P));
+        }
       };
       const int64_t weight_bytes = bf16_ ? 2 : static_cast<int64_t>(sizeof(scalar_t));
       grukit::Team::instance().run(team_size(B * L, H_, inputs / L, weight_bytes), [&](const Part& part) {
@@ -1358,13 +1451,15 @@ class Stepper {
   }
 
   struct Layer {
-    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), (P, H, 3, N) (bf16: pairs); folded biases or undefined
+    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), pack_hh's layout (bf16: pairs); folded biases or none
     int64_t in;                       // input width I of this layer
   };
   std::vector<Layer> layers_;
   std::vector<at::Tensor> watched_;
   std::vector<std::pair<int64_t, const void*>> stamps_;
   bool bf16_ = false;
+  bool reset_after_ = true;
+  at::Tensor work_;  // reset_before: r * h, z and the input side of n, (3, B, H), shared by the layers
   int64_t H_ = 0;
   at::ScalarType dtype_ = at::kFloat;
 };
@@ -1808,8 +1903,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_batch", [] { return kDirectBatch; }, "the largest batch step_direct serves");
   m.def("step", &gru_step, "one streaming step, reset_after, no lengths: (y (1, B, H), h_n (B, H))");
   py::class_<Stepper>(m, "Stepper", "all layers of a streaming step from weights packed once (see Stepper)")
-      .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool>(),
-           py::arg("layers"), py::arg("watched"), py::arg("bf16") = false)
+      .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool, bool>(),
+           py::arg("layers"), py::arg("watched"), py::arg("bf16") = false, py::arg("reset_after") = true)
       .def("step", &Stepper::step, "(y, h_n), or None when a watched tensor changed", py::arg("x"), py::arg("h"))
       .def("changed", &Stepper::changed, "index of the first watched tensor changed since packing, or -1")
       .def(
