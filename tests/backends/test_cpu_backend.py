@@ -98,23 +98,35 @@ def test_the_input_side_as_one_gemm_matches_the_reference(reset_after, bias, mon
         _assert_same(gru, torch.randn(steps, 2, 200), torch.randn(2, 2, 300), lengths, monkeypatch)
 
 
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("steps", [1, 8, 19])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("use_lengths", [False, True])
-def test_batch_one_loop_with_the_projection_ahead_matches_the_reference(steps, direction, use_lengths, monkeypatch):
-    """B = 1 in the reset_after form projects the next block of 8 steps inside the current block's recurrent
-    products: a partial last block (19), a single block (8), a single step, I != H, reversed and cut short."""
+def test_batch_one_loop_with_the_projection_ahead_matches_the_reference(
+    reset_after, steps, direction, use_lengths, monkeypatch
+):
+    """B = 1 projects the next block of 8 steps inside the current block's recurrent products (reset_before: in
+    phase 1, beside r and z): a partial last block (19), a single block (8), a single step, I != H, reversed and cut
+    short."""
     torch.manual_seed(steps)
-    gru = grukit.GRU(21, 83, num_layers=2, bidirectional=direction == "bidirectional", reverse=direction == "reverse")
+    gru = grukit.GRU(
+        21,
+        83,
+        num_layers=2,
+        bidirectional=direction == "bidirectional",
+        reverse=direction == "reverse",
+        reset_after=reset_after,
+    )
     x, h0 = torch.randn(steps, 1, 21), torch.randn(4 if direction == "bidirectional" else 2, 1, 83)
     lengths = torch.tensor([max(1, steps - 5)]) if use_lengths else None
     _assert_same(gru, x, h0, lengths, monkeypatch)
 
 
-def test_batch_one_loop_with_the_projection_ahead_passes_gradcheck(monkeypatch):
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_batch_one_loop_with_the_projection_ahead_passes_gradcheck(reset_after, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(2)
-    gru = grukit.GRU(4, 6, dtype=torch.float64)
+    gru = grukit.GRU(4, 6, reset_after=reset_after, dtype=torch.float64)
     x, h0 = torch.randn(11, 1, 4, dtype=torch.float64), torch.randn(1, 1, 6, dtype=torch.float64)
     _gradcheck(gru, x, h0, torch.tensor([9]), fast_mode=False)
 
@@ -557,13 +569,14 @@ def _unsplit_and_split(fn):
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_two_threads_give_the_same_bits(reset_after, two_threads, monkeypatch):
+@pytest.mark.parametrize("batch", [2, 1])  # 1: the loop with the projection ahead
+def test_two_threads_give_the_same_bits(reset_after, batch, two_threads, monkeypatch):
     """Each hidden unit is computed by one thread with the same arithmetic: splitting the time loop over two
     threads changes no bit of the outputs, the final state or any gradient."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
     gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after)  # 260: a tail panel; a step over split_ns
-    x, lengths = torch.randn(12, 2, 40), torch.tensor([12, 7])
+    x, lengths = torch.randn(12, batch, 40), torch.tensor([7, 12][:batch])
     ext = load_extension()
 
     def train():

@@ -11,7 +11,7 @@
 // register tile (fuse_input): there each step also runs x_t W_ih^T from a packed W_ih into the same accumulators,
 // which saves writing and re-reading the (T, B, 3H) gi buffer. Where W_ih is small (project_with_kernel) the GEMM
 // is the same micro-kernel over all T*B rows, each thread projecting the panels its loop reads, instead of a call
-// into MKL. At B = 1 in the reset_after form (forward_loop_ahead) the loop itself projects the next block of 8 steps
+// into MKL. At B = 1 (forward_loop_ahead, both forms) the loop itself projects the next block of 8 steps
 // while it streams W_hh, in FMA slots the bandwidth-bound recurrent product leaves idle. The loop allocates nothing
 // and calls no ATen operator. Training saves the gates and the state entering each step.
 //
@@ -627,15 +627,16 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
 // the recurrent stream's load time.
 constexpr int kAhead = 8;
 
-// acc[g] = h W_hh^T for panel `whh` (K_h rows of k), and on the way tile[r][g] += x_r[k] W_ih[k][g] for k in
-// [k0, k1) of the next block's rows (tile: kAhead rows of stride ld at the panel's offset; `first` starts it from
-// the folded biases f instead). Each iteration pairs kAhead recurrent k with one projection k.
-template <typename T>
-GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, const T* whh /* (K_h, 3, N) */,
+// acc[g] = h W_hh^T for panel `whh` (K_h rows of k, G gates: 3, or reset_before's r and z), and on the way
+// tile[r][g] += x_r[k] W_ih[k][g] for k in [k0, k1) of the next block's rows, all 3 gates (tile: kAhead rows of
+// stride ld at the panel's offset; `first` starts it from the folded biases f instead). Each iteration pairs kAhead
+// recurrent k with one projection k.
+template <typename T, int G>
+GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, const T* whh /* (K_h, G, N) */,
                                        const T* const (&xr)[kAhead] /* (I,) each */,
                                        const T* wih /* (I, 3, N) */, int64_t k0, int64_t k1,
                                        T* tile /* (kAhead, ld) */, int64_t ld, int64_t H, int n, bool first,
-                                       const typename Simd<T>::V (&f)[3], typename Simd<T>::V (&acc)[3]) {
+                                       const typename Simd<T>::V (&f)[3], typename Simd<T>::V (&acc)[G]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   constexpr int R = kAhead;
@@ -643,7 +644,7 @@ GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, con
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < 3; ++q) g[r][q] = first ? f[q] : load<T>(tile + r * ld + q * H, n);
-  for (int q = 0; q < 3; ++q) acc[q] = V{};
+  for (int q = 0; q < G; ++q) acc[q] = V{};
   int64_t kh = 0, ki = k0;
   for (; ki < k1 && kh + R <= K_h; ++ki, kh += R) {
     const T* wi = wih + ki * 3 * N;
@@ -654,11 +655,10 @@ GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, con
       g[m][0] += s * w0;
       g[m][1] += s * w1;
       g[m][2] += s * w2;
-      const T* wh = whh + (kh + m) * 3 * N;
+      const T* wh = whh + (kh + m) * G * N;
       const V sh = splat<T>(h[kh + m]);
-      acc[0] += sh * load<T>(wh, N);
-      acc[1] += sh * load<T>(wh + N, N);
-      acc[2] += sh * load<T>(wh + 2 * N, N);
+#pragma GCC unroll 3
+      for (int q = 0; q < G; ++q) acc[q] += sh * load<T>(wh + q * N, N);
     }
   }
   for (; ki < k1; ++ki) {
@@ -673,27 +673,30 @@ GRUKIT_INLINE void panel_product_ahead(const T* h /* (K_h,) */, int64_t K_h, con
     }
   }
   for (; kh < K_h; ++kh) {
-    const T* wh = whh + kh * 3 * N;
+    const T* wh = whh + kh * G * N;
     const V s = splat<T>(h[kh]);
-    acc[0] += s * load<T>(wh, N);
-    acc[1] += s * load<T>(wh + N, N);
-    acc[2] += s * load<T>(wh + 2 * N, N);
+#pragma GCC unroll 3
+    for (int q = 0; q < G; ++q) acc[q] += s * load<T>(wh + q * N, N);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < 3; ++q) store<T>(tile + r * ld + q * H, g[r][q], n);
 }
 
-// The reset_after loop at B = 1 (see kAhead): x (steps, 1, I) and W_ih packed like W_hh (P, I, 3, N), fold (3H,)
-// or null. work: (2H + 2 kAhead 3H): two state buffers, then two gi tiles (this block's, the next one's). Other
-// arguments as forward_loop's.
-template <typename T, bool kTrain>
+// The loop at B = 1 (see kAhead): x (steps, 1, I) and W_ih packed like W_hh (P, I, 3, N), fold (3H,) or null.
+// work: (kAheadWork H): two state buffers, two gi tiles (this block's, the next one's), then reset_before's r * h
+// and z. The reset_before form runs each step in two phases as forward_loop does: r and z (with the next block's
+// projection on the way), a barrier, then the n product over r * h. Other arguments as forward_loop's.
+constexpr int64_t kAheadWork = 4 + 6 * kAhead;
+
+template <typename T, bool kResetAfter, bool kTrain>
 void forward_loop_ahead(const T* x /* (steps, 1, I) */, const T* wih /* (P, I, 3, N) */,
-                        const T* fold /* (3H,) or null */, int64_t I, const T* wpack /* (P, H, 3, N) */,
+                        const T* fold /* (3H,) or null */, int64_t I,
+                        const T* wpack /* reset_after: (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N) */,
                         const T* b_hn /* (H,) or null */, const T* h0 /* (1, H) */,
                         const int64_t* lengths /* (1,) or null */, T* y /* (steps, 1, H) out */,
-                        T* h_n /* (1, H) out */, T* gates /* training: (steps, 1, 4H) */,
-                        T* hs /* training: (steps, 1, H) */, T* work /* (2H + 6 kAhead H) */, int64_t steps,
+                        T* h_n /* (1, H) out */, T* gates /* training: (steps, 1, 4H), reset_before 3H */,
+                        T* hs /* training: (steps, 1, H) */, T* work /* (kAheadWork H) */, int64_t steps,
                         int64_t H, bool reverse, const Part& part) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
@@ -702,6 +705,10 @@ void forward_loop_ahead(const T* x /* (steps, 1, I) */, const T* wih /* (P, I, 3
   T* h_cur = work;
   T* h_next = work + H;
   T* tiles = work + 2 * H;  // (2, R, 3H)
+  T* rh = tiles + 2 * R * ld;  // reset_before: r * h, then z
+  T* zs = rh + H;
+  const T* wn = wpack + P * H * 2 * N;  // reset_before: the n panels
+  const int64_t gate_stride = kResetAfter ? 4 * H : 3 * H;
   const int64_t p_begin = part.begin(P), p_end = part.end(P);
   auto time_of = [&](int64_t s) { return reverse ? steps - 1 - s : s; };
   auto block_rows = [&](int64_t block, const T* (&xr)[R]) {  // past the last step: repeats of it (results unused)
@@ -716,8 +723,8 @@ void forward_loop_ahead(const T* x /* (steps, 1, I) */, const T* wih /* (P, I, 3
       const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
       V f[3], unused[3];
       biases(j0, n, f);
-      panel_product_ahead<T>(nullptr, 0, nullptr, xr, wih + p * I * 3 * N, 0, I, tiles + j0, ld, H, n, true, f,
-                             unused);
+      panel_product_ahead<T, 3>(nullptr, 0, nullptr, xr, wih + p * I * 3 * N, 0, I, tiles + j0, ld, H, n, true, f,
+                                unused);
     }
   }
   if (part.tid == 0) std::memcpy(h_cur, h0, sizeof(T) * H);
@@ -732,43 +739,79 @@ void forward_loop_ahead(const T* x /* (steps, 1, I) */, const T* wih /* (P, I, 3
     block_rows(block + 1, xr);
     const int64_t k0 = I * i / R, k1 = I * (i + 1) / R;
     const bool valid = valid_step(lengths, 0, t);
-    for (int64_t p = p_begin; p < p_end; ++p) {
-      const int64_t j0 = p * N;
-      const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-      const T* panel = wpack + p * H * 3 * N;
-      V acc[3];
+    // acc = h_cur W_hh^T over the G gates of `panel`, and the next block's projection slice on the way
+    auto recurrent = [&](auto gate_count, int64_t p, int64_t j0, int n, const T* panel, auto& acc) {
+      constexpr int G = decltype(gate_count)::value;
       if (ahead) {
         V f[3];
         biases(j0, n, f);
-        panel_product_ahead<T>(h_cur, H, panel, xr, wih + p * I * 3 * N, k0, k1, next + j0, ld, H, n, i == 0, f,
-                               acc);
+        panel_product_ahead<T, G>(h_cur, H, panel, xr, wih + p * I * 3 * N, k0, k1, next + j0, ld, H, n, i == 0, f,
+                                  acc);
       } else {
-        V one[1][3];
-        panel_product<T, 1, 3>(h_cur, H, H, panel, one);
-        for (int q = 0; q < 3; ++q) acc[q] = one[0][q];
+        V one[1][G];
+        panel_product<T, 1, G>(h_cur, H, H, panel, one);
+        for (int q = 0; q < G; ++q) acc[q] = one[0][q];
       }
-      const V hp = load<T>(h_cur + j0, n);
-      if (!valid) {  // past the sequence's length: keep the state, output zeros
+    };
+    auto finish = [&](int64_t j0, int n, V hp, V zg, V ng) {  // the new state, or the kept one past the length
+      if (!valid) {
         store<T>(h_next + j0, hp, n);
         store<T>(y_t + j0, V{}, n);
-        if constexpr (kTrain) store<T>(hs + t * H + j0, hp, n);
-        continue;
+      } else {
+        const V hnew = ng + zg * (hp - ng);
+        store<T>(h_next + j0, hnew, n);
+        store<T>(y_t + j0, hnew, n);
+        if constexpr (kTrain) store<T>(gates + t * gate_stride + 2 * H + j0, ng, n);
       }
-      const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
-      const V rg = sigmoid_v(load<T>(in_t + j0, n) + acc[0]);
-      const V zg = sigmoid_v(load<T>(in_t + H + j0, n) + acc[1]);
-      const V hn = acc[2] + bn;
-      const V ng = tanh_v(load<T>(in_t + 2 * H + j0, n) + rg * hn);
-      const V hnew = ng + zg * (hp - ng);
-      store<T>(h_next + j0, hnew, n);
-      store<T>(y_t + j0, hnew, n);
-      if constexpr (kTrain) {
-        T* gs = gates + t * 4 * H + j0;
-        store<T>(gs, rg, n);
-        store<T>(gs + H, zg, n);
-        store<T>(gs + 2 * H, ng, n);
-        store<T>(gs + 3 * H, hn, n);
-        store<T>(hs + t * H + j0, hp, n);
+      if constexpr (kTrain) store<T>(hs + t * H + j0, hp, n);
+    };
+    if constexpr (kResetAfter) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        V acc[3];
+        recurrent(std::integral_constant<int, 3>{}, p, j0, n, wpack + p * H * 3 * N, acc);
+        const V hp = load<T>(h_cur + j0, n);
+        if (!valid) {  // past the sequence's length: keep the state, output zeros
+          finish(j0, n, hp, V{}, V{});
+          continue;
+        }
+        const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+        const V rg = sigmoid_v(load<T>(in_t + j0, n) + acc[0]);
+        const V zg = sigmoid_v(load<T>(in_t + H + j0, n) + acc[1]);
+        const V hn = acc[2] + bn;
+        const V ng = tanh_v(load<T>(in_t + 2 * H + j0, n) + rg * hn);
+        if constexpr (kTrain) {
+          T* gs = gates + t * 4 * H + j0;
+          store<T>(gs, rg, n);
+          store<T>(gs + H, zg, n);
+          store<T>(gs + 3 * H, hn, n);
+        }
+        finish(j0, n, hp, zg, ng);
+      }
+    } else {
+      for (int64_t p = p_begin; p < p_end; ++p) {  // phase 1: r and z; r * h and z for phase 2
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        V acc[2];
+        recurrent(std::integral_constant<int, 2>{}, p, j0, n, wpack + p * H * 2 * N, acc);
+        const V rg = sigmoid_v(load<T>(in_t + j0, n) + acc[0]);
+        const V zg = sigmoid_v(load<T>(in_t + H + j0, n) + acc[1]);
+        store<T>(rh + j0, rg * load<T>(h_cur + j0, n), n);
+        store<T>(zs + j0, zg, n);
+        if constexpr (kTrain) {
+          store<T>(gates + t * 3 * H + j0, rg, n);
+          store<T>(gates + t * 3 * H + H + j0, zg, n);
+        }
+      }
+      part.sync();  // phase 2 reads all of r * h
+      for (int64_t p = p_begin; p < p_end; ++p) {  // phase 2: n from r * h, then the new state
+        const int64_t j0 = p * N;
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        V one[1][1];
+        panel_product<T, 1, 1>(rh, H, H, wn + p * H * N, one);
+        const V ng = tanh_v(load<T>(in_t + 2 * H + j0, n) + one[0][0]);
+        finish(j0, n, load<T>(h_cur + j0, n), load<T>(zs + j0, n), ng);
       }
     }
     part.sync();  // the next step reads every unit of h_next
@@ -1119,11 +1162,11 @@ bool fuse_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_byte
   return T >= 2 && B >= kFuseBatch && 3 * H * (I + H) * element_bytes <= kFuseBytes;
 }
 
-// forward_loop_ahead serves B = 1 in the reset_after form where W_ih and W_hh together fit kFuseBytes (beyond, W_ih
+// forward_loop_ahead serves B = 1 (both forms) where W_ih and W_hh together fit kFuseBytes (beyond, W_ih
 // streamed beside W_hh from L3 costs more than the GEMM it replaces: at H = 1024 on an AMD EPYC 2.4x slower), and
 // only where its kAhead x 3 tile fits the vector registers (AVX-512).
-bool loop_ahead(int64_t T, int64_t B, int64_t I, int64_t H, bool reset_after, int64_t element_bytes) {
-  return kMaxRows >= kAhead && T >= 2 && B == 1 && reset_after && 3 * H * (I + H) * element_bytes <= kFuseBytes;
+bool loop_ahead(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_bytes) {
+  return kMaxRows >= kAhead && T >= 2 && B == 1 && 3 * H * (I + H) * element_bytes <= kFuseBytes;
 }
 
 // Where the input side is a GEMM before the loop, the micro-kernel computes it (project_input) when W_ih is at most
@@ -1507,7 +1550,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     }
   }
   const bool fused = fuse_input(T, B, I, H, x.element_size());
-  const bool ahead = loop_ahead(T, B, I, H, reset_after, x.element_size());
+  const bool ahead = loop_ahead(T, B, I, H, x.element_size());
   const bool projected = !fused && !ahead && project_with_kernel(I, H, x.element_size());
   at::Tensor gi, wih_pack;
   const int64_t lanes = kVecBytes / x.element_size(), panels = (H + lanes - 1) / lanes;
@@ -1529,7 +1572,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   at::Tensor h_n = at::empty({B, H}, opts);
   at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
   at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
-  at::Tensor work = at::empty({ahead ? (2 + 6 * kAhead) * H : 4 * B * H}, opts);
+  at::Tensor work = at::empty({ahead ? kAheadWork * H : 4 * B * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
     constexpr int N = Simd<scalar_t>::N;
@@ -1565,7 +1608,11 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
                                   T * B, I, H, part.begin(P), part.end(P));
         if (ahead) {
           const scalar_t* fp = fold.defined() ? fold.data_ptr<scalar_t>() : nullptr;
-          (train ? forward_loop_ahead<scalar_t, true> : forward_loop_ahead<scalar_t, false>)(
+          auto loop = reset_after ? (train ? forward_loop_ahead<scalar_t, true, true>
+                                           : forward_loop_ahead<scalar_t, true, false>)
+                                  : (train ? forward_loop_ahead<scalar_t, false, true>
+                                           : forward_loop_ahead<scalar_t, false, false>);
+          loop(
               x.data_ptr<scalar_t>(), wih_pack.data_ptr<scalar_t>(), fp, I, wp, bhn, h0.data_ptr<scalar_t>(), len,
               y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, H, reverse,
               part);
