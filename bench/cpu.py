@@ -114,7 +114,8 @@ def sgemm_scaling(threads: int) -> float:
     """torch sgemm at ``threads`` threads against one, 1024 x 1024, interleaved medians: what this machine gives a
     compute-bound job on more cores right now (below ~1.9 the other core is busy or an SMT sibling)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    fns = at_threads({"mm": lambda: torch.mm(a, b)}, 1) | at_threads({"mm": lambda: torch.mm(a, b)}, threads)
+    mm = {"mm": lambda: torch.mm(a, b)}
+    fns = at_threads(mm, 1) | at_threads(mm, threads)
     seconds = interleaved(fns, 9)
     return seconds["mm@1"] / seconds[f"mm@{threads}"]
 

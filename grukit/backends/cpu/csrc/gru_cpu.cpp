@@ -1195,17 +1195,19 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w
 
 // W_hh packed for the forward loop: reset_after (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N). Packing costs
 // tens to hundreds of µs at H = 64..256, so the Python side caches the result across calls.
-// W_hh's panels [p_begin, p_end) packed into wp (the layout of pack_hh below), so that each thread of a split loop
-// packs the panels it reads (they land in its own core's cache).
-template <typename T>
-void pack_hh_panels(const T* w /* (3H, H) */, int64_t H, bool reset_after, T* wp, int64_t p_begin, int64_t p_end) {
+// The panels [p_begin, p_end) of a (3H, K) weight in one equation form's layout (that of pack_hh below for W_hh):
+// reset_after (P, D, 3, N), else the r/z panels (P, D, 2, N) then the n panels (P, D, 1, N), D = panel_depth<W>(K).
+// Each thread of a split loop packs the panels it reads (they land in its own core's cache).
+template <typename T, typename W = T>
+void pack_hh_panels(const T* w /* (3H, K) */, int64_t K, int64_t H, bool reset_after, W* wp, int64_t p_begin,
+                    int64_t p_end) {
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
   if (reset_after) {
-    pack_gate_panels<T>(w, H, H, 0, 3, wp, p_begin, p_end);
+    pack_gate_panels<T, W>(w, K, H, 0, 3, wp, p_begin, p_end);
   } else {
-    pack_gate_panels<T>(w, H, H, 0, 2, wp, p_begin, p_end);
-    pack_gate_panels<T>(w, H, H, 2 * H, 1, wp + P * H * 2 * N, p_begin, p_end);
+    pack_gate_panels<T, W>(w, K, H, 0, 2, wp, p_begin, p_end);
+    pack_gate_panels<T, W>(w, K, H, 2 * H, 1, wp + P * panel_depth<W>(K) * 2 * N, p_begin, p_end);
   }
 }
 
@@ -1218,7 +1220,7 @@ at::Tensor pack_hh(const at::Tensor& w_hh_in /* (3H, H) */, bool reset_after) {
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
     wpack = at::empty({P * H * 3 * N}, w_hh.options());
-    pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, reset_after, wpack.data_ptr<scalar_t>(), 0, P);
+    pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, H, reset_after, wpack.data_ptr<scalar_t>(), 0, P);
   });
   return wpack;
 }
@@ -1337,15 +1339,10 @@ at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */, bool three_gates) {
   const at::Tensor w = w_in.contiguous();
   const int64_t H = w.size(0) / 3, K = w.size(1);
   constexpr int N = Simd<float>::N;
-  const int64_t P = (H + N - 1) / N, D = panel_depth<bf16x2_t>(K);
-  at::Tensor out = at::empty({P * D * 3 * N}, w.options().dtype(at::kInt));
-  bf16x2_t* packed = reinterpret_cast<bf16x2_t*>(out.data_ptr<int32_t>());
-  if (three_gates) {
-    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 3, packed);
-  } else {
-    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 0, 2, packed);
-    pack_gate_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, 2 * H, 1, packed + P * D * 2 * N);
-  }
+  const int64_t P = (H + N - 1) / N;
+  at::Tensor out = at::empty({P * panel_depth<bf16x2_t>(K) * 3 * N}, w.options().dtype(at::kInt));
+  pack_hh_panels<float, bf16x2_t>(w.data_ptr<float>(), K, H, three_gates,
+                                  reinterpret_cast<bf16x2_t*>(out.data_ptr<int32_t>()), 0, P);
   return out;
 }
 
@@ -1597,7 +1594,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
       grukit::Team::instance().run(team_size(B, H, fused || ahead ? I : 0, x.element_size()), [&](const Part& part) {
         // each thread packs (and then alone reads) its panels: no barrier needed, and they land in its own cache
         if (!wpack_in.has_value())
-          pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, reset_after, wpack.data_ptr<scalar_t>(),
+          pack_hh_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), H, H, reset_after, wpack.data_ptr<scalar_t>(),
                                    part.begin(P), part.end(P));
         if (wih_pack.defined())
           pack_gate_panels<scalar_t>(w_ih.data_ptr<scalar_t>(), I, H, 0, 3, wih_pack.data_ptr<scalar_t>(),
