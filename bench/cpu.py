@@ -244,6 +244,21 @@ def peak_rss_growth(fn: Callable[[], object]) -> float | None:
         return None
 
 
+VARIANTS = {"masked": {"recurrent_dropout": 0.25, "zoneout": 0.1}, "layer_norm": {"layer_norm": True}}
+"""Training variants timed on both grukit backends (torch.nn.GRU has none of them)."""
+BACKENDS = ("reference", "cpu")
+
+
+def on_backend(name: str, fn: Callable[[], object]) -> object:
+    """fn() with GRUKIT_BACKEND=name, restored after."""
+    before = os.environ[dispatch.ENV_VAR]
+    os.environ[dispatch.ENV_VAR] = name
+    try:
+        return fn()
+    finally:
+        os.environ[dispatch.ENV_VAR] = before
+
+
 def training(configs: list[tuple[int, int, int]]) -> list[dict]:
     rows = []
     for steps, batch, hidden in configs:
@@ -260,6 +275,15 @@ def training(configs: list[tuple[int, int, int]]) -> list[dict]:
         fns = {}
         for threads in ARGS.threads:
             fns.update(at_threads({"torch": lambda m=reference: step(m), "grukit": lambda m=gru: step(m)}, threads))
+        # the variants torch.nn.GRU lacks, on grukit's two backends (one thread)
+        for variant, kwargs in VARIANTS.items():
+            module = grukit.GRU(hidden, hidden, **kwargs)
+            fns.update(
+                at_threads(
+                    {f"{variant}_{b}": lambda b=b, m=module: on_backend(b, lambda: step(m)) for b in BACKENDS},
+                    min(ARGS.threads),
+                )
+            )
         medians = interleaved(fns, 9)
         row = {"T": steps, "B": batch, "H": hidden, **{k: v * 1e3 for k, v in medians.items()}}
         torch.set_num_threads(1)
@@ -300,6 +324,7 @@ def _streaming_line(row: dict) -> str:
 
 def _training_line(row: dict) -> str:
     parts = [f"{name}@{n} {row[f'{name}@{n}']:.2f} ms" for n in ARGS.threads for name in ("torch", "grukit")]
+    parts += [f"{key} {row[key]:.2f} ms" for key in row if key.startswith(tuple(VARIANTS))]
     return f"train T={row['T']} B={row['B']} H={row['H']}: " + ", ".join(parts)
 
 
@@ -358,13 +383,27 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         "includes allocator overhead, so +-10-20 %):",
         "",
     ]
-    lines.append("| T, B, H | torch.nn.GRU | grukit cpu | speed-up vs torch | peak MiB torch | peak MiB grukit |")
-    lines.append("|---|---|---|---|---|---|")
+    variant_header = "".join(f"| {v}: grukit reference | {v}: grukit cpu | {v}: cpu vs reference " for v in VARIANTS)
+    lines.append(
+        "| T, B, H | torch.nn.GRU | grukit cpu | speed-up vs torch | peak MiB torch | peak MiB grukit "
+        f"{variant_header}|"
+    )
+    lines.append("|---" * (6 + 3 * len(VARIANTS)) + "|")
     for r in train:
+        cells = "".join(
+            f" {r[f'{v}_reference@{one}']:.2f} | {r[f'{v}_cpu@{one}']:.2f} | "
+            f"{_ratio(r, f'{v}_reference@{one}', f'{v}_cpu@{one}')} |"
+            for v in VARIANTS
+        )
         lines.append(
             f"| {r['T']}, {r['B']}, {r['H']} | {r[f'torch@{one}']:.2f} | {r[f'grukit@{one}']:.2f} | "
-            f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | {_mib(r['mem_torch'])} | {_mib(r['mem_grukit'])} |"
+            f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | {_mib(r['mem_torch'])} | {_mib(r['mem_grukit'])} |{cells}"
         )
+    lines.append(
+        "\nVariants torch.nn.GRU lacks, grukit.GRU in training under GRUKIT_BACKEND=reference (the pure-PyTorch loop) "
+        "and =cpu: masked is recurrent_dropout=0.25 with zoneout=0.1 (new masks every call, applied inside the fused "
+        "loop and its backward); layer_norm is layer_norm=True (the cpu backend's one-thread norm loop)."
+    )
     for n in more:
         lines += _threads_tables(one, n, infer, stream, train)
     lines.append(END)

@@ -19,8 +19,9 @@ def _gate_norm(pre: Tensor, weight: Tensor, bias: Tensor, hidden: int) -> Tensor
     return normed * weight + bias
 
 
-def _project(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor] | None, hidden: int) -> Tensor:
-    """``x @ weight.T + bias`` with the per-gate layer norm (gain, bias) applied before the bias when given."""
+def project(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor] | None, hidden: int) -> Tensor:
+    """``x @ weight.T + bias`` with the per-gate layer norm (gain, bias) applied before the bias when given.
+    x: (..., K), weight: (k·H, K) -> (..., k·H); the cpu backend's layer-norm path uses it for the input side."""
     if norm is None:
         return F.linear(x, weight, bias)
     out = _gate_norm(F.linear(x, weight), norm[0], norm[1], hidden)
@@ -39,7 +40,7 @@ def gru_step(gi: Tensor, h: Tensor, w: GRUWeights, config: GRUConfig, dropout_ma
     ln = config.layer_norm
     if config.reset_after:
         norm = (w.ln_hh_weight, w.ln_hh_bias) if ln else None
-        h_r, h_z, h_n = _project(hr, w.w_hh, w.b_hh, norm, hidden).chunk(3, -1)
+        h_r, h_z, h_n = project(hr, w.w_hh, w.b_hh, norm, hidden).chunk(3, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
@@ -47,10 +48,10 @@ def gru_step(gi: Tensor, h: Tensor, w: GRUWeights, config: GRUConfig, dropout_ma
         rz, nn_ = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
         norm_rz = (w.ln_hh_weight[rz], w.ln_hh_bias[rz]) if ln else None
         norm_n = (w.ln_hh_weight[nn_], w.ln_hh_bias[nn_]) if ln else None
-        h_r, h_z = _project(hr, w.w_hh[rz], _slice(w.b_hh, rz), norm_rz, hidden).chunk(2, -1)
+        h_r, h_z = project(hr, w.w_hh[rz], _slice(w.b_hh, rz), norm_rz, hidden).chunk(2, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + _project(r * hr, w.w_hh[nn_], _slice(w.b_hh, nn_), norm_n, hidden))
+        n = torch.tanh(i_n + project(r * hr, w.w_hh[nn_], _slice(w.b_hh, nn_), norm_n, hidden))
     return n + z * (h - n)
 
 
@@ -71,7 +72,7 @@ def gru_layer(
     hidden = h0.shape[-1]
     norm = (weights.ln_ih_weight, weights.ln_ih_bias) if config.layer_norm else None
     # unbind, not gi[t]: the backward of each index would allocate a gradient of the full (T, B, 3H), O(T^2).
-    gi = _project(x, weights.w_ih, weights.b_ih, norm, hidden).unbind(0)
+    gi = project(x, weights.w_ih, weights.b_ih, norm, hidden).unbind(0)
     valid = None
     if lengths is not None:
         time = torch.arange(steps, device=x.device).unsqueeze(1)

@@ -34,9 +34,11 @@ def extension():
     return load_extension()
 
 
-def _run(backend: str, gru: torch.nn.Module, x, h0, lengths, monkeypatch) -> list[torch.Tensor]:
-    """Outputs, h_n and the gradients of x, h0 and every parameter under one forced backend."""
+def _run(backend: str, gru: torch.nn.Module, x, h0, lengths, monkeypatch, seed: int = 0) -> list[torch.Tensor]:
+    """Outputs, h_n and the gradients of x, h0 and every parameter under one forced backend (the random generator
+    seeded first, so that both backends draw the same training masks)."""
     monkeypatch.setenv(dispatch.ENV_VAR, backend)
+    torch.manual_seed(seed)
     xs = x.detach().clone().requires_grad_()
     hs = None if h0 is None else h0.detach().clone().requires_grad_()
     gru.zero_grad(set_to_none=True)
@@ -155,6 +157,128 @@ def test_eval_dropconnect_batch_first_and_learned_init(monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+REGULARISERS = [
+    {"recurrent_dropout": 0.3},
+    {"zoneout": 0.3},
+    {"recurrent_dropout": 0.4, "zoneout": 0.2, "dropconnect": 0.2},
+]
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("regularisers", REGULARISERS, ids=["dropout", "zoneout", "all"])
+@pytest.mark.parametrize("training", [True, False])  # eval: no masks, zoneout's expectation
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_recurrent_dropout_and_zoneout_match_the_reference(reset_after, regularisers, training, direction, monkeypatch):
+    """The layer's sampled masks (recurrent dropout: one (B, H) mask on the state entering the recurrent products;
+    zoneout: a (T, B, H) keep mask, or its expectation in eval) applied in the fused loop and its backward, with
+    lengths cutting sequences short."""
+    gru = grukit.GRU(
+        7, 37, num_layers=2, reset_after=reset_after, bidirectional=direction == "bidirectional", **regularisers
+    ).train(training)
+    x, h0 = torch.randn(11, 9, 7), torch.randn(4 if direction == "bidirectional" else 2, 9, 37)
+    _assert_same(gru, x, h0, torch.tensor([11, 3, 0, 7, 11, 1, 5, 10, 2]), monkeypatch)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize(
+    "steps, batch, input_size, hidden",
+    [(9, 1, 21, 83), (6, 8, 64, 64), (5, 2, 200, 300), (1, 1, 5, 12)],
+    ids=["batch-one", "input-fused", "input-gemm", "one-step"],
+)
+def test_the_masks_on_every_input_path(reset_after, steps, batch, input_size, hidden, monkeypatch):
+    """Masked calls all run the general loop (not the batch-one loop with the projection ahead, nor the single-step
+    kernels), whichever way its input side comes: the micro-kernel's projection, fused into the loop, one GEMM."""
+    gru = grukit.GRU(input_size, hidden, reset_after=reset_after, recurrent_dropout=0.25, zoneout=0.15)
+    x, h0 = torch.randn(steps, batch, input_size), torch.randn(1, batch, hidden)
+    _assert_same(gru.train(), x, h0, None, monkeypatch)
+    gru.eval()
+    with torch.no_grad():  # eval and no autograd: the forward alone (zoneout's expectation)
+        outputs = {}
+        for backend in ("reference", "cpu"):
+            monkeypatch.setenv(dispatch.ENV_VAR, backend)
+            outputs[backend] = gru(x, h0)
+    for a, b in zip(outputs["reference"], outputs["cpu"], strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_masked_layer_passes_gradcheck(reset_after, use_lengths):
+    """Float64 gradcheck of one masked layer through the backend (the masks fixed, as the layer passes them)."""
+    torch.manual_seed(4)
+    steps, batch, hidden = 5, 3, 4
+    d = torch.float64
+    backend = CpuBackend(load_extension())
+    config = grukit.backends.GRUConfig(
+        reset_after=reset_after, zoneout=0.3, recurrent_dropout=True, training=True, reverse=use_lengths
+    )
+    masks = grukit.backends.GRUMasks(
+        recurrent_dropout=torch.bernoulli(torch.full((batch, hidden), 0.6, dtype=d)) / 0.6,
+        zoneout=torch.bernoulli(torch.full((steps, batch, hidden), 0.3, dtype=d)),
+    )
+    lengths = torch.tensor([5, 2, 0]) if use_lengths else None
+
+    def fn(x, h0, w_ih, w_hh, b_ih, b_hh):
+        weights = grukit.backends.GRUWeights(w_ih, w_hh, b_ih, b_hh)
+        return backend.gru_layer(x, h0, weights, config, lengths, masks)
+
+    shapes = [(steps, batch, 2), (batch, hidden), (3 * hidden, 2), (3 * hidden, hidden), (3 * hidden,), (3 * hidden,)]
+    inputs = [torch.randn(shape, dtype=d, requires_grad=True) for shape in shapes]
+    assert gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+    eval_config = grukit.backends.GRUConfig(reset_after=reset_after, zoneout=0.3)  # the expectation, no masks
+
+    def fn_eval(*args):
+        weights = grukit.backends.GRUWeights(*args[2:])
+        return backend.gru_layer(args[0], args[1], weights, eval_config, lengths)
+
+    assert gradcheck(fn_eval, inputs, eps=1e-6, atol=1e-7)
+
+
+def _perturb_norms(gru: torch.nn.Module) -> None:
+    """Move the layer norms' gains and biases off their (1, 0) start, so that a kernel ignoring them fails."""
+    with torch.no_grad():
+        for name, p in gru.named_parameters():
+            if name.startswith("ln_"):
+                p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("regularisers", [{}, REGULARISERS[2]], ids=["plain", "masked"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_layer_norm_matches_the_reference(reset_after, regularisers, training, direction, monkeypatch):
+    """Each gate's recurrent product normalised before the gate math (forward_loop_norm), its backward through the
+    norms, with the masks and lengths. Float64 to 1e-9 (the same function); float32 to 1e-5 of each tensor's largest
+    value (at least 1e-5): the norms divide by each row's std, which scales float32 rounding up with the gradients
+    (both backends then sit equally close to float64: about 1e-6 of the largest gradient)."""
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
+        torch.manual_seed(0)
+        gru = grukit.GRU(
+            7, 37, num_layers=2, reset_after=reset_after, bidirectional=direction == "bidirectional",
+            layer_norm=True, dtype=dtype, **regularisers,
+        ).train(training)  # fmt: skip
+        _perturb_norms(gru)
+        x, h0 = (
+            torch.randn(11, 9, 7, dtype=dtype),
+            torch.randn(4 if direction == "bidirectional" else 2, 9, 37, dtype=dtype),
+        )
+        lengths = torch.tensor([11, 3, 0, 7, 11, 1, 5, 10, 2])
+        expected = _run("reference", gru, x, h0, lengths, monkeypatch)
+        got = _run("cpu", gru, x, h0, lengths, monkeypatch)
+        for a, b in zip(expected, got, strict=True):
+            torch.testing.assert_close(b, a, atol=tol * max(1.0, a.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_layer_norm_passes_gradcheck(reset_after, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(3)
+    gru = grukit.GRU(3, 5, layer_norm=True, reset_after=reset_after, dtype=torch.float64)
+    _perturb_norms(gru)
+    x, h0 = torch.randn(5, 3, 3, dtype=torch.float64), torch.randn(1, 3, 5, dtype=torch.float64)
+    _gradcheck(gru, x, h0, torch.tensor([5, 2, 0]), fast_mode=False)
+
+
 def test_gru_cell_runs_on_the_cpu_backend(monkeypatch):
     torch.manual_seed(0)
     cell = grukit.GRUCell(6, 10)
@@ -238,16 +362,16 @@ def test_it_is_the_default_for_cpu_tensors(monkeypatch):
     x = torch.randn(3, 2, 4)
     assert dispatch.gru_backend(x, grukit.backends.GRUConfig(), None).name == "cpu"
     assert dispatch.mingru_backend(x).name == "reference"
-    assert dispatch.gru_backend(x, grukit.backends.GRUConfig(layer_norm=True), None).name == "reference"
+    every_variant = grukit.backends.GRUConfig(layer_norm=True, zoneout=0.2, recurrent_dropout=True, training=True)
+    assert dispatch.gru_backend(x, every_variant, None).name == "cpu"
+    with torch.autocast("cpu"):  # what remains on the reference: autocast and torch.compile traces
+        assert dispatch.gru_backend(x, grukit.backends.GRUConfig(), None).name == "reference"
 
 
 @pytest.mark.parametrize(
     "kwargs,x,reason",
     [
-        ({"layer_norm": True}, torch.randn(3, 2, 4), "layer_norm is not implemented"),
-        ({"zoneout": 0.2}, torch.randn(3, 2, 4), "zoneout is not implemented"),
         ({"dtype": torch.float16}, torch.randn(3, 2, 4, dtype=torch.float16), "dtype torch.float16"),
-        ({"recurrent_dropout": 0.2}, torch.randn(3, 2, 4), "recurrent_dropout is not implemented"),
     ],
 )
 def test_forced_cpu_raises_naming_what_it_lacks(kwargs, x, reason, monkeypatch):
@@ -255,13 +379,6 @@ def test_forced_cpu_raises_naming_what_it_lacks(kwargs, x, reason, monkeypatch):
     gru = grukit.GRU(4, 6, **kwargs).train()
     with pytest.raises(dispatch.BackendUnavailable, match=reason):
         gru(x)
-
-
-def test_unforced_recurrent_dropout_runs_on_the_reference(monkeypatch):
-    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
-    gru = grukit.GRU(4, 6, recurrent_dropout=0.5).train()
-    y, _ = gru(torch.randn(3, 2, 4))
-    assert y.shape == (3, 2, 6)
 
 
 def test_decline_other_devices_and_compile_tracing():
@@ -569,17 +686,23 @@ def _unsplit_and_split(fn):
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("batch", [2, 1])  # 1: the loop with the projection ahead
-def test_two_threads_give_the_same_bits(reset_after, batch, two_threads, monkeypatch):
+@pytest.mark.parametrize(
+    "batch, regularisers",
+    [(2, {}), (1, {}), (2, {"recurrent_dropout": 0.3, "zoneout": 0.2})],
+    ids=["batch-two", "batch-one", "masked"],  # batch-one: the loop with the projection ahead
+)
+def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_threads, monkeypatch):
     """Each hidden unit is computed by one thread with the same arithmetic: splitting the time loop over two
     threads changes no bit of the outputs, the final state or any gradient."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
-    gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after)  # 260: a tail panel; a step over split_ns
+    # 260: a tail panel; a step over split_ns
+    gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after, **regularisers)
     x, lengths = torch.randn(12, batch, 40), torch.tensor([7, 12][:batch])
     ext = load_extension()
 
     def train():
+        torch.manual_seed(1)  # the same masks in both runs
         gru.zero_grad(set_to_none=True)
         y, h_n = gru(x, lengths=lengths)
         (y.square().sum() + h_n.sum()).backward()
@@ -598,8 +721,8 @@ def test_two_threads_give_the_same_bits(reset_after, batch, two_threads, monkeyp
         assert after["split_jobs"] > before["split_jobs"]  # two threads served the split run
         assert after["barrier_waits"] >= before["barrier_waits"] + len(x)  # with a barrier in every step
         assert after["barrier_sleeps"] - before["barrier_sleeps"] <= after["barrier_waits"] - before["barrier_waits"]
-        for a, b in zip(one, two, strict=True):
-            assert torch.equal(a, b)
+        for i, (a, b) in enumerate(zip(one, two, strict=True)):  # 0, 1: outputs, state; then the gradients
+            assert torch.equal(a, b), f"{fn.__name__}: result {i} differs by {(a - b).abs().max().item():.3g}"
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

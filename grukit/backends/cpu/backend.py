@@ -1,10 +1,12 @@
 """``CpuBackend``: the fused C++ GRU kernels behind the backend contract, with autograd.
 
 Serves CPU tensors of float32 and float64 in both equation forms, forward or reverse, with or without biases and
-``lengths``, in training and eval, with gradients for x, h0 and every weight (DropConnect needs nothing: the
-layer passes an already-masked w_hh). Declines, with a reason, layer_norm, zoneout, other devices and dtypes,
-autocast, recurrent dropout (``config.recurrent_dropout``) and ``torch.compile`` tracing (the reference loop
-traces without graph breaks).
+``lengths``, in training and eval, with gradients for x, h0 and every weight, and the regularisers: recurrent
+dropout and zoneout (the layer's sampled masks, or zoneout's expectation in eval, applied inside the fused loop and
+its backward), DropConnect (nothing to do: the layer passes an already-masked w_hh) and layer_norm (the input side
+is one GEMM and the reference's norm, the recurrence ``ext.forward_norm``: one thread, each gate's recurrent product
+normalised before the gate math). Declines, with a reason, other devices and dtypes, autocast and
+``torch.compile`` tracing (the reference loop traces without graph breaks).
 
 Packed weights can be cached across calls (``PackCache``, OFF by default: opt in with the environment variable
 ``GRUKIT_CPU_PACK_CACHE=8`` or ``PACK_CACHE.capacity = 8``): packing W_hh costs tens to hundreds of µs, more than a
@@ -48,37 +50,69 @@ from torch.autograd.function import once_differentiable
 from grukit.backends import dispatch
 from grukit.backends.contract import NO_MASKS, GRUConfig, GRUMasks, GRUWeights
 from grukit.backends.cpu.build import load_extension
+from grukit.backends.reference import project
 
 
 class _GRULayer(torch.autograd.Function):
     """One layer and direction. x: (T, B, I), h0: (B, H), w_ih: (3H, I), w_hh: (3H, H), b_ih, b_hh: (3H,) or None,
-    lengths: (B,) int64 or None -> (y: (T, B, H), h_n: (B, H)). The forward saves the gates (T, B, 4H or 3H) and
-    the state entering each step (T, B, H) for the fused backward through time."""
+    lengths: (B,) int64 or None, drop: (B, H) recurrent-dropout mask or None, keep: (T, B, H) zoneout mask or None,
+    keep_p: eval zoneout's expectation -> (y: (T, B, H), h_n: (B, H)). The forward saves the gates (T, B, 4H or 3H)
+    and the state entering each step (T, B, H) for the fused backward through time."""
 
     @staticmethod
-    def forward(ctx, ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, packed):
+    def forward(ctx, ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, packed, drop, keep, keep_p):
         wpack, fold, b_hn = (None, None, None) if packed is None else (packed.w_hh, packed.fold, packed.b_hn)
         y, h_n, gates, hs = ext.forward(
-            x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, True, wpack, fold, b_hn
+            x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, True, wpack, fold, b_hn, drop, keep, keep_p
         )
-        ctx.save_for_backward(x, w_ih, w_hh, gates, hs, lengths)
+        ctx.save_for_backward(x, w_ih, w_hh, gates, hs, lengths, drop, keep)
         ctx.ext, ctx.reset_after, ctx.reverse, ctx.has_bias = ext, reset_after, reverse, b_ih is not None
+        ctx.keep_p = keep_p
         ctx.set_materialize_grads(False)
         return y, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n):
-        x, w_ih, w_hh, gates, hs, lengths = ctx.saved_tensors
+        x, w_ih, w_hh, gates, hs, lengths, drop, keep = ctx.saved_tensors
         if dy is None and dh_n is None:
-            return (None,) * 11
+            return (None,) * 14
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ctx.ext.backward(
             dy, dh_n, x, w_ih, w_hh, gates, hs, lengths, ctx.reset_after, ctx.reverse, ctx.has_bias,
-            ctx.needs_input_grad[1],
+            ctx.needs_input_grad[1], drop, keep, ctx.keep_p,
         )  # fmt: skip
         if not ctx.has_bias:
             db_ih = db_hh = None
-        return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+        return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None, None, None
+
+
+class _GRULayerNorm(torch.autograd.Function):
+    """One layer-norm layer's recurrent side (``ext.forward_norm``). gi: (T, B, 3H), the input side already
+    normalised and with b_ih added; h0: (B, H); w_hh: (3H, H); gamma, beta: (3H,), the recurrent norm's gain, and its
+    bias plus b_hh; lengths, drop, keep, keep_p as ``_GRULayer`` -> (y: (T, B, H), h_n: (B, H)). The forward saves
+    the gates, the states, the normalised products and their 1/std for the fused backward."""
+
+    @staticmethod
+    def forward(ctx, ext, gi, h0, w_hh, gamma, beta, lengths, reset_after, reverse, drop, keep, keep_p):
+        y, h_n, gates, hs, xhat, rstd = ext.forward_norm(
+            gi, h0, w_hh, gamma, beta, lengths, reset_after, reverse, True, drop, keep, keep_p
+        )
+        ctx.save_for_backward(w_hh, gamma, gates, hs, xhat, rstd, lengths, drop, keep)
+        ctx.ext, ctx.reset_after, ctx.reverse, ctx.keep_p = ext, reset_after, reverse, keep_p
+        ctx.set_materialize_grads(False)
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n):
+        if dy is None and dh_n is None:
+            return (None,) * 12
+        w_hh, gamma, gates, hs, xhat, rstd, lengths, drop, keep = ctx.saved_tensors
+        dgi, dh0, dw_hh, dgamma, dbeta = ctx.ext.backward_norm(
+            dy, dh_n, w_hh, gamma, gates, hs, xhat, rstd, lengths, ctx.reset_after, ctx.reverse, drop, keep,
+            ctx.keep_p,
+        )  # fmt: skip
+        return None, dgi, dh0, dw_hh, dgamma, dbeta, None, None, None, None, None, None
 
 
 class _Packed:
@@ -186,12 +220,6 @@ class CpuBackend:
             return f"layout {x.layout} (strided only)"
         if torch.is_autocast_enabled("cpu"):
             return "autocast (the reference follows autocast's casts)"
-        if config.layer_norm:
-            return "layer_norm is not implemented"
-        if config.zoneout > 0:
-            return "zoneout is not implemented"
-        if config.recurrent_dropout:
-            return "recurrent_dropout is not implemented"
         return None
 
     def make_stepper(
@@ -203,7 +231,12 @@ class CpuBackend:
         ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). Both
         equation forms (reset_after=False: two phases per layer, r * h between them). ``bf16`` packs the weights
         rounded to bfloat16 (float32 only: products, gates and state stay float32)."""
-        if config.reverse or (bf16 and weights[0].w_ih.dtype != torch.float32):
+        if (
+            config.reverse
+            or config.zoneout > 0
+            or config.layer_norm
+            or (bf16 and weights[0].w_ih.dtype != torch.float32)
+        ):
             return None
         layers = []
         for w in weights:
@@ -226,15 +259,22 @@ class CpuBackend:
     ) -> tuple[Tensor, Tensor] | None:
         """A whole eval stack (no autograd recorded) in one C++ call. x: (T, B, I), hx: (L·D, B, H) or None (zeros),
         weights: torch.nn.GRU's flat order, [w_ih, w_hh(, b_ih, b_hh)] per layer and direction -> (output (T, B, D·H),
-        h_n (L·D, B, H)); None (the per-layer path) while the opt-in pack cache is on, which that path uses."""
-        if PACK_CACHE.capacity > 0:
+        h_n (L·D, B, H)); None (the per-layer path) while the opt-in pack cache is on, which that path uses, or for
+        zoneout (the per-layer path applies its expectation)."""
+        if PACK_CACHE.capacity > 0 or config.zoneout > 0 or config.layer_norm:
             return None
         y, h_n = self.ext.stack(x, hx, weights, layers, directions, config.reset_after, config.reverse)
         return y, h_n
 
     def stack_guard(
-        self, values: tuple[Tensor, ...], learn_init: bool, config: GRUConfig, layers: int, directions: int,
-        input_size: int, hidden_size: int,
+        self,
+        values: tuple[Tensor, ...],
+        learn_init: bool,
+        config: GRUConfig,
+        layers: int,
+        directions: int,
+        input_size: int,
+        hidden_size: int,
     ) -> Callable[..., tuple[Tensor, Tensor] | None]:
         """``gru_stack`` for the next eval calls of a grukit.GRU as one builtin, ``guard(module, input, hx)``, which
         returns None (the Python path) unless the module's own parameters are still exactly ``values`` (its flat
@@ -266,6 +306,11 @@ class CpuBackend:
         if lengths is not None:
             lengths = lengths.to(device="cpu", dtype=torch.int64)
         reset_after = config.reset_after
+        drop, keep = masks.recurrent_dropout, masks.zoneout
+        keep_p = config.zoneout if keep is None else 0.0  # eval zoneout: the expectation
+        regularised = drop is not None or keep is not None or keep_p > 0
+        if config.layer_norm:
+            return self._gru_layer_norm(x, h0, weights, config, lengths, drop, keep, keep_p)
         if torch.is_grad_enabled() and (
             x.requires_grad
             or h0.requires_grad
@@ -275,7 +320,15 @@ class CpuBackend:
         ):
             # no cache while autograd records: training changes the weights every step anyway, and gradcheck
             # perturbs them through .data, which the version counter does not see
-            return _GRULayer.apply(self.ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, None)
+            return _GRULayer.apply(
+                self.ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, None, drop, keep, keep_p
+            )
+        if regularised:  # only the general loop applies the masks: no cache, no single-step kernels
+            y, h_n, _, _ = self.ext.forward(
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, False,
+                drop=drop, keep=keep, keep_p=keep_p,
+            )  # fmt: skip
+            return y, h_n
         packed = PACK_CACHE.get(self.ext, (w_ih, w_hh, b_ih, b_hh), reset_after) if cacheable else None
         if packed is None and x.shape[0] == 1 and x.shape[1] <= self.direct_batch and lengths is None:
             y, h_n = self.ext.step_direct(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after)  # nothing packed per call
@@ -291,4 +344,31 @@ class CpuBackend:
             x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, False, packed.w_hh, packed.fold,
             packed.b_hn,
         )  # fmt: skip
+        return y, h_n
+
+    def _gru_layer_norm(
+        self,
+        x: Tensor,
+        h0: Tensor,
+        weights: GRUWeights,
+        config: GRUConfig,
+        lengths: Tensor | None,
+        drop: Tensor | None,
+        keep: Tensor | None,
+        keep_p: float,
+    ) -> tuple[Tensor, Tensor]:
+        """A layer-norm layer: the input side as one GEMM and the reference's norm (autograd differentiates them),
+        the recurrence with its per-gate norms in ``ext.forward_norm``. Shapes as ``gru_layer``."""
+        hidden = h0.shape[-1]
+        gi = project(x, weights.w_ih, weights.b_ih, (weights.ln_ih_weight, weights.ln_ih_bias), hidden)
+        gamma = weights.ln_hh_weight
+        beta = weights.ln_hh_bias if weights.b_hh is None else weights.ln_hh_bias + weights.b_hh
+        w_hh, reset_after, reverse = weights.w_hh, config.reset_after, config.reverse
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (gi, h0, w_hh, gamma, beta)):
+            return _GRULayerNorm.apply(
+                self.ext, gi, h0, w_hh, gamma, beta, lengths, reset_after, reverse, drop, keep, keep_p
+            )
+        y, h_n, *_ = self.ext.forward_norm(
+            gi, h0, w_hh, gamma, beta, lengths, reset_after, reverse, False, drop, keep, keep_p
+        )
         return y, h_n

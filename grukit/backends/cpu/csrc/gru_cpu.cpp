@@ -15,6 +15,10 @@
 // while it streams W_hh, in FMA slots the bandwidth-bound recurrent product leaves idle. The loop allocates nothing
 // and calls no ATen operator. Training saves the gates and the state entering each step.
 //
+// Recurrent dropout and zoneout (Masks) run in forward_loop and its backward; layer norm (each gate's recurrent
+// product normalised over its H units) needs a step's whole product before its gates: forward_loop_norm, one
+// thread, with the input side computed and normalised by the caller.
+//
 // Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
 // batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
 //
@@ -484,6 +488,24 @@ void project_input(const T* x /* (rows, I) */, const T* wih /* (P, I, 3, N) */, 
   }
 }
 
+// The regularisers of a training call (grukit.nn.GRU samples the masks; see GRUMasks): `drop` scales the state
+// entering the recurrent products (recurrent dropout, the same (B, H) mask every step, already divided by 1 - p);
+// zoneout keeps a unit's previous value with weight k: h = h_new + k (h_prev - h_new), k from `keep` (T, B, H) of
+// 0/1 in input time order, or the scalar keep_p (eval: the expectation). forward_loop serves them; the other loops
+// do not (gru_forward routes masked calls there).
+template <typename T>
+struct Masks {
+  const T* drop = nullptr;  // (B, H) or null
+  const T* keep = nullptr;  // (T, B, H) or null
+  T keep_p = 0;
+  bool any() const { return drop != nullptr || zoneout(); }
+  bool zoneout() const { return keep != nullptr || keep_p != T(0); }
+  // k for rows b of step t, hidden units [j0, j0 + n).
+  GRUKIT_INLINE typename Simd<T>::V keep_at(int64_t t, int64_t B, int64_t H, int64_t b, int64_t j0, int n) const {
+    return keep ? load<T>(keep + (t * B + b) * H + j0, n) : splat<T>(keep_p);
+  }
+};
+
 template <typename T, bool kResetAfter, bool kTrain>
 void forward_loop(const InputSide<T>& side /* the input-side gate pre-activations */,
                   const T* wpack /* reset_after: (P, H, 3, N); else (P, H, 2, N) then (P, H, 1, N) */,
@@ -491,9 +513,10 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
                   const int64_t* lengths /* (B,) or null */, T* y /* (T, B, H) out */, T* h_n /* (B, H) out */,
                   T* gates /* training: reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
                   T* hs /* training: (T, B, H) state entering each step */,
-                  T* work /* (4, B, H) scratch: two state buffers, r*h (or z), the input-side n */, int64_t steps,
-                  int64_t B,
-                  int64_t H, bool reverse, const Part& part /* this thread's share of the hidden-unit panels */) {
+                  T* work /* (4, B, H) scratch: two state buffers, r*h (or z), the input-side n; with masks.drop
+                             (6, B, H): then the two dropped states */,
+                  int64_t steps, int64_t B, int64_t H, bool reverse, const Masks<T>& masks,
+                  const Part& part /* this thread's share of the hidden-unit panels */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
@@ -502,18 +525,35 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
   T* h_next = work + B * H;
   T* scratch = work + 2 * B * H;  // reset_after=false: r * h for the n product
   T* x_n = work + 3 * B * H;      // reset_after=false: the input side of n, from phase 1 to phase 2
+  // What the recurrent products read: the state, or with recurrent dropout the state times the mask.
+  const T* drop = masks.drop;
+  T* src_cur = drop ? work + 4 * B * H : h_cur;
+  T* src_next = drop ? work + 5 * B * H : h_next;
+  const bool zoneout = masks.zoneout();
   const int64_t p_begin = part.begin(P), p_end = part.end(P);
-  if (part.tid == 0) std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  if (part.tid == 0) {
+    std::memcpy(h_cur, h0, sizeof(T) * B * H);
+    if (drop)
+      for (int64_t i = 0; i < B * H; ++i) src_cur[i] = h0[i] * drop[i];
+  }
   part.sync();
   const T* wn = wpack + P * H * 2 * N;  // reset_after=false: the n panels after the r/z ones
 
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = reverse ? steps - 1 - s : s;
     T* y_t = y + t * B * H;
+    // The state after the step (zoneout applied) into h_next and y, and what the next products read.
+    auto finish = [&](int64_t b, int64_t j0, int n, V hnew, V hp) {
+      if (zoneout) hnew += masks.keep_at(t, B, H, b, j0, n) * (hp - hnew);
+      store<T>(h_next + b * H + j0, hnew, n);
+      store<T>(y_t + b * H + j0, hnew, n);
+      if (drop) store<T>(src_next + b * H + j0, hnew * load<T>(drop + b * H + j0, n), n);
+    };
     // A sequence past its length keeps its state and outputs zeros (training saves the state it kept).
     auto carry_state = [&](int64_t b, int64_t j0, int n, V hp) {
       store<T>(h_next + b * H + j0, hp, n);
       store<T>(y_t + b * H + j0, V{}, n);
+      if (drop) store<T>(src_next + b * H + j0, load<T>(src_cur + b * H + j0, n), n);
       if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
     };
     if constexpr (kResetAfter) {
@@ -526,7 +566,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          panel_product<T, R, 3>(h_cur + b0 * H, H, H, panel, acc);
+          panel_product<T, R, 3>(src_cur + b0 * H, H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
@@ -539,9 +579,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
             const V zg = sigmoid_v(in[r][1] + acc[r][1]);
             const V hn = acc[r][2] + bn;
             const V ng = tanh_v(in[r][2] + rg * hn);
-            const V hnew = ng + zg * (hp - ng);
-            store<T>(h_next + b * H + j0, hnew, n);
-            store<T>(y_t + b * H + j0, hnew, n);
+            finish(b, j0, n, ng + zg * (hp - ng), hp);
             if constexpr (kTrain) {
               T* gs = gates + (t * B + b) * gate_stride + j0;
               store<T>(gs, rg, n);
@@ -563,14 +601,14 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          panel_product<T, R, 2>(h_cur + b0 * H, H, H, panel, acc);
+          panel_product<T, R, 2>(src_cur + b0 * H, H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
             const V rg = sigmoid_v(in[r][0] + acc[r][0]);
             const V zg = sigmoid_v(in[r][1] + acc[r][1]);
             store<T>(x_n + b * H + j0, in[r][2], n);
-            store<T>(scratch + b * H + j0, rg * load<T>(h_cur + b * H + j0, n), n);
+            store<T>(scratch + b * H + j0, rg * load<T>(src_cur + b * H + j0, n), n);
             store<T>(h_next + b * H + j0, zg, n);
             if constexpr (kTrain) {
               T* gs = gates + (t * B + b) * gate_stride + j0;
@@ -600,9 +638,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
             }
             const V zg = load<T>(h_next + b * H + j0, n);
             const V ng = tanh_v(load<T>(x_n + b * H + j0, n) + acc[r][0]);
-            const V hnew = ng + zg * (hp - ng);
-            store<T>(h_next + b * H + j0, hnew, n);
-            store<T>(y_t + b * H + j0, hnew, n);
+            finish(b, j0, n, ng + zg * (hp - ng), hp);
             if constexpr (kTrain) {
               store<T>(gates + (t * B + b) * gate_stride + 2 * H + j0, ng, n);
               store<T>(hs + (t * B + b) * H + j0, hp, n);
@@ -613,6 +649,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
     }
     part.sync();  // the next step reads every unit of h_next
     std::swap(h_cur, h_next);
+    std::swap(src_cur, src_next);
   }
   if (part.tid == 0) std::memcpy(h_n, h_cur, sizeof(T) * B * H);
 }
@@ -1010,7 +1047,168 @@ void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const
   }
 }
 
+// ------------------------------------------------------------------------------------------------ layer norm loop
+
+// GRU(layer_norm=True): each gate's block of the recurrent product is layer-normalised over its H units before
+// the gate math, so a step needs the whole product row before any gate: the loop writes the products, normalises
+// each row, then applies the gates (one thread; the input side, normalised too, comes precomputed in gi).
+// gamma, beta (3H,): the norm's gain, and its bias plus b_hh. Training saves xhat (T, B, 3H), the normalised
+// products, and rstd (T, B, 3), 1 / sqrt(var + eps) per row and gate, for the backward.
+template <typename T>
+struct GateNorm {
+  const T* gamma;
+  const T* beta;
+  T* xhat;  // training (T, B, 3H); else a (B, 3H) scratch
+  T* rstd;  // training (T, B, 3); else a (B, 3) scratch
+};
+
+constexpr double kNormEps = 1e-5;  // F.layer_norm's default, which the reference uses
+
+// out = xhat * gamma + beta for one gate's H units, xhat = (prod - mean) * rstd (biased variance, as F.layer_norm).
+template <typename T>
+void normalise(const T* prod /* (H,) */, int64_t H, const T* gamma, const T* beta, T* xhat /* (H,) out */,
+               T* rstd /* (1,) out */, T* out /* (H,) */) {
+  double mean = 0, var = 0;
+  for (int64_t j = 0; j < H; ++j) mean += prod[j];
+  mean /= H;
+  for (int64_t j = 0; j < H; ++j) var += (prod[j] - mean) * (prod[j] - mean);
+  const T rs = static_cast<T>(1.0 / std::sqrt(var / H + kNormEps));
+  const T m = static_cast<T>(mean);
+  for (int64_t j = 0; j < H; ++j) {
+    xhat[j] = (prod[j] - m) * rs;
+    out[j] = xhat[j] * gamma[j] + beta[j];
+  }
+  *rstd = rs;
+}
+
+// The gradient of one gate's layer norm: dprod from dout (the gradient of its output), its xhat and rstd.
+template <typename T>
+void normalise_backward(const T* dout /* (H,) */, const T* xhat, T rstd, const T* gamma, int64_t H,
+                        T* dprod /* (H,) out */) {
+  double a = 0, b = 0;
+  for (int64_t j = 0; j < H; ++j) {
+    a += dout[j] * gamma[j];
+    b += dout[j] * gamma[j] * xhat[j];
+  }
+  const T ma = static_cast<T>(a / H), mb = static_cast<T>(b / H);
+  for (int64_t j = 0; j < H; ++j) dprod[j] = rstd * (dout[j] * gamma[j] - ma - xhat[j] * mb);
+}
+
+// out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, H, G, N); out rows of stride ld.
+template <typename T, int G>
+void gate_products(const T* src /* (B, H) */, const T* wpack /* (P, H, G, N) */, int64_t B, int64_t H,
+                   T* out /* (B, ld) */, int64_t ld) {
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t j0 = p * N;
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+    for_row_blocks(B, [&](auto rows, int64_t b0) {
+      constexpr int R = decltype(rows)::value;
+      typename Simd<T>::V acc[R][G];
+      panel_product<T, R, G>(src + b0 * H, H, H, wpack + p * H * G * N, acc);
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) store<T>(out + (b0 + r) * ld + g * H + j0, acc[r][g], n);
+    });
+  }
+}
+
+// The layer-norm loop (see GateNorm): gi (T, B, 3H) the normalised input side plus b_ih; wpack as forward_loop's;
+// work (3 B H + 2 B 3H): the two states, the product's source (h * drop, or r * h * drop), the products, the normed
+// ones. Saves as forward_loop (reset_after's 4th gate slot holds the normed n product plus its biases).
+template <typename T, bool kResetAfter, bool kTrain>
+void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, const T* h0 /* (B, H) */,
+                       const int64_t* lengths /* (B,) or null */, T* y /* (T, B, H) out */, T* h_n /* (B, H) out */,
+                       T* gates, T* hs, T* work, int64_t steps, int64_t B, int64_t H, bool reverse,
+                       const Masks<T>& masks) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  const int64_t G3 = 3 * H, gate_stride = kResetAfter ? 4 * H : 3 * H;
+  T* h_cur = work;
+  T* h_next = work + B * H;
+  T* src_buf = work + 2 * B * H;
+  T* prod = work + 3 * B * H;
+  T* normed = prod + B * G3;
+  const T* wn = wpack + P * H * 2 * N;
+  std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  auto norm_rows = [&](int64_t t, int g0, int g1) {
+    T* xh = kTrain ? norm.xhat + t * B * G3 : norm.xhat;
+    T* rs = kTrain ? norm.rstd + t * B * 3 : norm.rstd;
+    for (int64_t b = 0; b < B; ++b)
+      for (int g = g0; g < g1; ++g) {
+        const int64_t o = b * G3 + g * H;
+        normalise<T>(prod + o, H, norm.gamma + g * H, norm.beta + g * H, xh + o, rs + b * 3 + g, normed + o);
+      }
+  };
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = reverse ? steps - 1 - s : s;
+    const T* src = h_cur;
+    if (masks.drop) {
+      for (int64_t i = 0; i < B * H; ++i) src_buf[i] = h_cur[i] * masks.drop[i];
+      src = src_buf;
+    }
+    gate_products<T, kResetAfter ? 3 : 2>(src, wpack, B, H, prod, G3);
+    norm_rows(t, 0, kResetAfter ? 3 : 2);
+    if constexpr (!kResetAfter) {  // r * (h * drop) into src_buf, then the n product over it
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j0 = 0; j0 < H; j0 += N) {
+          const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+          const V r = sigmoid_v(load<T>(gi + (t * B + b) * G3 + j0, n) + load<T>(normed + b * G3 + j0, n));
+          store<T>(src_buf + b * H + j0, r * load<T>(src + b * H + j0, n), n);
+        }
+      gate_products<T, 1>(src_buf, wn, B, H, prod + 2 * H, G3);
+      norm_rows(t, 2, 3);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const T* in = gi + (t * B + b) * G3;
+      const T* nb = normed + b * G3;
+      T* gs = kTrain ? gates + (t * B + b) * gate_stride : nullptr;
+      const bool valid = valid_step(lengths, b, t);
+      for (int64_t j0 = 0; j0 < H; j0 += N) {
+        const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+        const V hp = load<T>(h_cur + b * H + j0, n);
+        const V r = sigmoid_v(load<T>(in + j0, n) + load<T>(nb + j0, n));
+        const V z = sigmoid_v(load<T>(in + H + j0, n) + load<T>(nb + H + j0, n));
+        const V hn = load<T>(nb + 2 * H + j0, n);
+        const V ng = tanh_v(load<T>(in + 2 * H + j0, n) + (kResetAfter ? r * hn : hn));
+        V hnew = ng + z * (hp - ng);
+        if (masks.zoneout()) hnew += masks.keep_at(t, B, H, b, j0, n) * (hp - hnew);
+        store<T>(h_next + b * H + j0, valid ? hnew : hp, n);
+        store<T>(y + (t * B + b) * H + j0, valid ? hnew : V{}, n);
+        if constexpr (kTrain) {  // every row: the backward reads r of rows past their length too
+          store<T>(gs + j0, r, n);
+          store<T>(gs + H + j0, z, n);
+          store<T>(gs + 2 * H + j0, ng, n);
+          if constexpr (kResetAfter) store<T>(gs + 3 * H + j0, hn, n);
+          store<T>(hs + (t * B + b) * H + j0, hp, n);
+        }
+      }
+    }
+    std::swap(h_cur, h_next);
+  }
+  std::memcpy(h_n, h_cur, sizeof(T) * B * H);
+}
+
 // ------------------------------------------------------------------------------------------------ backward loop
+
+// What the backward of the layer-norm loop adds (see GateNorm): the gradient of each step's recurrent products
+// passes back through each gate's norm before it meets W_hh; dprod (T, B, 3H) receives it for dW_hh.
+template <typename T>
+struct NormGrad {
+  const T* gamma;  // (3H,)
+  const T* xhat;   // (T, B, 3H)
+  const T* rstd;   // (T, B, 3)
+  T* dprod;        // (T, B, 3H) out
+  // dprod of gates [g0, g1) of step t from the gradient of the norms' outputs, rows of stride 3H.
+  void backward(const T* dout, int64_t t, int64_t B, int64_t H, int g0, int g1) const {
+    for (int64_t b = 0; b < B; ++b)
+      for (int g = g0; g < g1; ++g) {
+        const int64_t o = (t * B + b) * 3 * H + g * H;
+        normalise_backward<T>(dout + o, xhat + o, rstd[(t * B + b) * 3 + g], gamma + g * H, H, dprod + o);
+      }
+  }
+};
 
 template <typename T, bool kResetAfter>
 void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) or null */,
@@ -1021,7 +1219,8 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
                    T* dgi /* (T, B, 3H) out: gradient of the gate pre-activations on the input side */,
                    T* dgh /* reset_after: (T, B, 3H) out, gradient of W_hh h (+ b_hh); else null (equals dgi) */,
                    T* dh0 /* (B, H) out */, T* work /* (2, B, H) scratch */, int64_t steps, int64_t B, int64_t H,
-                   bool reverse) {
+                   bool reverse, const Masks<T>& masks /* the forward's */,
+                   const NormGrad<T>* norm /* the layer-norm loop's, or null */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
@@ -1035,6 +1234,13 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
     std::memset(dh_cur, 0, sizeof(T) * B * H);
   }
   const V one = splat<T>(T(1));
+  const T* drop = masks.drop;
+  const bool zoneout = masks.zoneout();
+  // the gradient reaching the state entering the step through the recurrent products (they read h * drop)
+  auto add_product_grad = [&](T* d, V g, int64_t b, int64_t j0, int n) {
+    if (drop) g *= load<T>(drop + b * H + j0, n);
+    store<T>(d, load<T>(d, n) + g, n);
+  };
 
   for (int64_t s = steps - 1; s >= 0; --s) {
     const int64_t t = reverse ? steps - 1 - s : s;
@@ -1057,12 +1263,17 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
           continue;
         }
         if (dy) dh += load<T>(dy + (t * B + b) * H + j0, n);
+        V kept{};  // zoneout: the share of dh that reaches the previous state directly
+        if (zoneout) {
+          kept = dh * masks.keep_at(t, B, H, b, j0, n);
+          dh -= kept;
+        }
         const V r = load<T>(gs + j0, n), z = load<T>(gs + H + j0, n), nn = load<T>(gs + 2 * H + j0, n);
         const V hp = load<T>(hp_row + j0, n);
         const V dz = dh * (hp - nn);
         const V dnp = dh * (one - z) * (one - nn * nn);
         const V dzp = dz * z * (one - z);
-        store<T>(dh_next + b * H + j0, dh * z, n);
+        store<T>(dh_next + b * H + j0, dh * z + kept, n);
         store<T>(dgi_row + H + j0, dzp, n);
         store<T>(dgi_row + 2 * H + j0, dnp, n);
         if constexpr (kResetAfter) {
@@ -1076,7 +1287,9 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       }
     }
     if constexpr (kResetAfter) {
-      // Phase B: dh_prev += dgh W_hh over all 3H rows.
+      // Phase B: dh_prev += dgh W_hh over all 3H rows (dgh through the norms first, with layer norm).
+      if (norm) norm->backward(dgh, t, B, H, 0, 3);
+      const T* dsrc = norm ? norm->dprod : dgh;
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
@@ -1084,15 +1297,14 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dgh + (t * B + b0) * G3, G3, G3, panel, acc);
-          for (int r = 0; r < R; ++r) {
-            T* d = dh_next + (b0 + r) * H + j0;
-            store<T>(d, load<T>(d, n) + acc[r][0], n);
-          }
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, G3, panel, acc);
+          for (int r = 0; r < R; ++r) add_product_grad(dh_next + (b0 + r) * H + j0, acc[r][0], b0 + r, j0, n);
         });
       }
     } else {
       // Phase B1: d(r*h) = dn_pre W_hn; dr_pre from it, and its direct share of dh_prev.
+      if (norm) norm->backward(dgi, t, B, H, 2, 3);
+      const T* dsrc = norm ? norm->dprod : dgi;
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
@@ -1100,19 +1312,20 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dgi + (t * B + b0) * G3 + 2 * H, G3, H, panel, acc);
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3 + 2 * H, G3, H, panel, acc);
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
             const V rg = load<T>(gates + (t * B + b) * gate_stride + j0, n);
-            const V hp = load<T>(hs + (t * B + b) * H + j0, n);
+            V hp = load<T>(hs + (t * B + b) * H + j0, n);
+            if (drop) hp *= load<T>(drop + b * H + j0, n);  // what the product read: r * h * drop
             const V drp = acc[r][0] * hp * rg * (one - rg);
             store<T>(dgi + (t * B + b) * G3 + j0, valid_step(lengths, b, t) ? drp : V{}, n);
-            T* d = dh_next + b * H + j0;
-            store<T>(d, load<T>(d, n) + acc[r][0] * rg, n);
+            add_product_grad(dh_next + b * H + j0, acc[r][0] * rg, b, j0, n);
           }
         });
       }
       // Phase B2: dh_prev += [dr_pre, dz_pre] W_hrz.
+      if (norm) norm->backward(dgi, t, B, H, 0, 2);
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
@@ -1120,11 +1333,8 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dgi + (t * B + b0) * G3, G3, 2 * H, panel, acc);
-          for (int r = 0; r < R; ++r) {
-            T* d = dh_next + (b0 + r) * H + j0;
-            store<T>(d, load<T>(d, n) + acc[r][0], n);
-          }
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, 2 * H, panel, acc);
+          for (int r = 0; r < R; ++r) add_product_grad(dh_next + (b0 + r) * H + j0, acc[r][0], b0 + r, j0, n);
         });
       }
     }
@@ -1518,6 +1728,23 @@ at::Tensor reusable(int slot, int64_t numel, const at::TensorOptions& opts) {
   return buffer.narrow(0, 0, numel);
 }
 
+// A mask argument of gru_forward / gru_backward: undefined for none, else contiguous, of x's dtype and `shape`.
+at::Tensor mask_input(const std::optional<at::Tensor>& mask, const at::Tensor& x, at::IntArrayRef shape,
+                      const char* name) {
+  if (!mask.has_value()) return at::Tensor();
+  TORCH_CHECK(mask->scalar_type() == x.scalar_type() && mask->device().is_cpu() && mask->sizes() == shape,
+              "grukit cpu backend: ", name, " must be a CPU tensor of x's dtype and shape ", shape, ", got ",
+              mask->scalar_type(), " ", mask->sizes());
+  return mask->contiguous();
+}
+
+template <typename T>
+Masks<T> make_masks(const at::Tensor& drop, const at::Tensor& keep, double keep_p) {
+  TORCH_CHECK(keep_p >= 0 && keep_p < 1, "grukit cpu backend: keep_p must be in [0, 1), got ", keep_p);
+  return {drop.defined() ? drop.data_ptr<T>() : nullptr, keep.defined() ? keep.data_ptr<T>() : nullptr,
+          static_cast<T>(keep_p)};
+}
+
 // Returns (y, h_n, gates, hs); gates and hs are empty unless train.
 std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, const at::Tensor& h0_in /* (B, H) */,
                                     const at::Tensor& w_ih_in /* (3H, I) */, const at::Tensor& w_hh_in /* (3H, H) */,
@@ -1527,11 +1754,17 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
                                     bool reverse, bool train,
                                     const std::optional<at::Tensor>& wpack_in /* from pack_hh, or none */,
                                     const std::optional<at::Tensor>& fold_in /* from fold_bias, or none */,
-                                    const std::optional<at::Tensor>& b_hn_in /* from fold_bias, or none */) {
+                                    const std::optional<at::Tensor>& b_hn_in /* from fold_bias, or none */,
+                                    const std::optional<at::Tensor>& drop_in /* (B, H): see Masks */,
+                                    const std::optional<at::Tensor>& keep_in /* (T, B, H): see Masks */,
+                                    double keep_p) {
   check_inputs(x_in, h0_in, w_ih_in, w_hh_in);
   const at::Tensor x = x_in.contiguous(), h0 = h0_in.contiguous(), w_ih = w_ih_in.contiguous();
   const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1);
+  const at::Tensor drop = mask_input(drop_in, x, {B, H}, "drop");
+  const at::Tensor keep = mask_input(keep_in, x, {T, B, H}, "keep");
+  const bool masked = drop.defined() || keep.defined() || keep_p != 0;
   at::Tensor fold, b_hn;
   if (fold_in.has_value()) {  // biases folded once by the caller's cache
     check_folded(*fold_in, b_hn_in, x, H, reset_after);
@@ -1547,7 +1780,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
     }
   }
   const bool fused = fuse_input(T, B, I, H, x.element_size());
-  const bool ahead = loop_ahead(T, B, I, H, x.element_size());
+  const bool ahead = !masked && loop_ahead(T, B, I, H, x.element_size());
   const bool projected = !fused && !ahead && project_with_kernel(I, H, x.element_size());
   at::Tensor gi, wih_pack;
   const int64_t lanes = kVecBytes / x.element_size(), panels = (H + lanes - 1) / lanes;
@@ -1569,9 +1802,10 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   at::Tensor h_n = at::empty({B, H}, opts);
   at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
   at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
-  at::Tensor work = at::empty({ahead ? kAheadWork * H : 4 * B * H}, opts);
+  at::Tensor work = at::empty({ahead ? kAheadWork * H : (drop.defined() ? 6 : 4) * B * H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_forward", [&] {
+    const Masks<scalar_t> masks = make_masks<scalar_t>(drop, keep, keep_p);
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
     at::Tensor wpack;
@@ -1616,7 +1850,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
           return;
         }
         kernel(side, wp, bhn, h0.data_ptr<scalar_t>(), len, y.data_ptr<scalar_t>(),
-               h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, part);
+               h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, masks, part);
       });
     };
     if (reset_after) {
@@ -1660,13 +1894,53 @@ std::vector<at::Tensor> gru_stack(const at::Tensor& x, const std::optional<at::T
       const at::Tensor h0 = hx.has_value() ? hx->select(0, i) : zeros;
       auto out = direct ? gru_step_direct(input, h0, w[0], w[1], b_ih, b_hh, reset_after)
                         : gru_forward(input, h0, w[0], w[1], b_ih, b_hh, none, reset_after, d == 1 || reverse, false,
-                                      none, none, none);
+                                      none, none, none, none, none, 0);
       outputs.push_back(out[0]);
       states.push_back(out[1]);
     }
     input = directions == 1 ? outputs[0] : at::cat(outputs, 2);
   }
   return {input, states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states)};
+}
+
+// The backward through time shared by gru_backward and gru_backward_norm: (dgi, dgh, dh0), dgh the gradient of the
+// recurrent side's pre-activations (dgi itself when reset_after is false). norm: the layer-norm loop's (gamma, xhat,
+// rstd) with dprod (T, B, 3H) receiving the products' gradients, or empty.
+std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& dy_in /* (T, B, H) */,
+                                              const std::optional<at::Tensor>& dh_n_in /* (B, H) */,
+                                              const at::Tensor& w_hh /* (3H, H) contiguous */,
+                                              const at::Tensor& gates, const at::Tensor& hs /* (T, B, H) */,
+                                              const std::optional<at::Tensor>& lengths_in, bool reset_after,
+                                              bool reverse, const at::Tensor& drop, const at::Tensor& keep,
+                                              double keep_p, const std::vector<at::Tensor>& norm) {
+  const int64_t T = hs.size(0), B = hs.size(1), H = hs.size(2);
+  const auto opts = hs.options();
+  at::Tensor dy = dy_in.has_value() ? dy_in->contiguous() : at::Tensor();
+  at::Tensor dh_n = dh_n_in.has_value() ? dh_n_in->contiguous() : at::Tensor();
+  at::Tensor lengths;
+  if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
+  at::Tensor dgi = at::empty({T, B, 3 * H}, opts);
+  at::Tensor dgh = reset_after ? at::empty({T, B, 3 * H}, opts) : dgi;
+  at::Tensor dh0 = at::empty({B, H}, opts);
+  at::Tensor work = at::empty({2 * B * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "grukit_gru_backward", [&] {
+    constexpr int N = Simd<scalar_t>::N;
+    const int64_t P = (H + N - 1) / N;
+    at::Tensor wpack = reusable(1, P * 3 * H * N, opts);
+    pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>());
+    const Masks<scalar_t> masks = make_masks<scalar_t>(drop, keep, keep_p);
+    NormGrad<scalar_t> grad{};
+    if (!norm.empty())
+      grad = {norm[0].data_ptr<scalar_t>(), norm[1].data_ptr<scalar_t>(), norm[2].data_ptr<scalar_t>(),
+              norm[3].data_ptr<scalar_t>()};
+    auto loop = reset_after ? backward_loop<scalar_t, true> : backward_loop<scalar_t, false>;
+    loop(dy.defined() ? dy.data_ptr<scalar_t>() : nullptr, dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr,
+         gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(),
+         lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, dgi.data_ptr<scalar_t>(),
+         reset_after ? dgh.data_ptr<scalar_t>() : nullptr, dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T, B,
+         H, reverse, masks, norm.empty() ? nullptr : &grad);
+  });
+  return {dgi, dgh, dh0};
 }
 
 // Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); dx is empty unless need_dx, the biases unless has_bias.
@@ -1677,41 +1951,19 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
                                      const at::Tensor& gates /* (T, B, 4H) or (T, B, 3H) from gru_forward */,
                                      const at::Tensor& hs /* (T, B, H) from gru_forward */,
                                      const std::optional<at::Tensor>& lengths_in /* (B,) */, bool reset_after,
-                                     bool reverse, bool has_bias, bool need_dx) {
+                                     bool reverse, bool has_bias, bool need_dx,
+                                     const std::optional<at::Tensor>& drop_in /* the forward's masks */,
+                                     const std::optional<at::Tensor>& keep_in, double keep_p) {
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = w_hh.size(1);
-  auto opts = x.options();
-  at::Tensor dy = dy_in.has_value() ? dy_in->contiguous() : at::Tensor();
-  at::Tensor dh_n = dh_n_in.has_value() ? dh_n_in->contiguous() : at::Tensor();
-  at::Tensor lengths;
-  if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
-  at::Tensor dgi = at::empty({T, B, 3 * H}, opts);
-  at::Tensor dgh = reset_after ? at::empty({T, B, 3 * H}, opts) : dgi;
-  at::Tensor dh0 = at::empty({B, H}, opts);
-  at::Tensor work = at::empty({2 * B * H}, opts);
-
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gru_backward", [&] {
-    constexpr int N = Simd<scalar_t>::N;
-    const int64_t P = (H + N - 1) / N;
-    at::Tensor wpack = reusable(1, P * 3 * H * N, opts);
-    pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>());
-    const scalar_t* dyp = dy.defined() ? dy.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* dhp = dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr;
-    const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-    if (reset_after) {
-      backward_loop<scalar_t, true>(dyp, dhp, gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
-                                    wpack.data_ptr<scalar_t>(), len, dgi.data_ptr<scalar_t>(),
-                                    dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T,
-                                    B, H, reverse);
-    } else {
-      backward_loop<scalar_t, false>(dyp, dhp, gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(),
-                                     wpack.data_ptr<scalar_t>(), len, dgi.data_ptr<scalar_t>(), nullptr,
-                                     dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T, B, H, reverse);
-    }
-  });
-
+  const at::Tensor drop = mask_input(drop_in, x, {B, H}, "drop");
+  const at::Tensor keep = mask_input(keep_in, x, {T, B, H}, "keep");
+  const auto res = backward_through_time(dy_in, dh_n_in, w_hh, gates, hs, lengths_in, reset_after, reverse, drop, keep,
+                                         keep_p, {});
+  const at::Tensor &dgi = res[0], &dgh = res[1], &dh0 = res[2];
   const at::Tensor dgi2 = dgi.view({T * B, 3 * H});
-  const at::Tensor hs2 = hs.view({T * B, H});
+  // what the recurrent products read: the state entering each step, times the recurrent-dropout mask
+  const at::Tensor hs2 = drop.defined() ? (hs * drop).view({T * B, H}) : hs.view({T * B, H});
   at::Tensor dx = need_dx ? at::mm(dgi2, w_ih).view({T, B, I}) : at::Tensor();
   at::Tensor dw_ih = at::mm(dgi2.t(), x.view({T * B, I}));
   at::Tensor dw_hh;
@@ -1729,6 +1981,88 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
     if (!reset_after) db_hh = db_ih.clone();
   }
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+// GRU(layer_norm=True), one layer and direction: the recurrent side of gru_forward with each gate's recurrent
+// product layer-normalised (forward_loop_norm). gi (T, B, 3H): the input side, already normalised and with b_ih
+// added (the caller's GEMM and norm); gamma (3H,) the recurrent norm's gain; beta (3H,) its bias plus b_hh.
+// Returns (y, h_n, gates, hs, xhat, rstd); the last four are empty unless train.
+std::vector<at::Tensor> gru_forward_norm(const at::Tensor& gi_in, const at::Tensor& h0_in, const at::Tensor& w_hh_in,
+                                         const at::Tensor& gamma_in, const at::Tensor& beta_in,
+                                         const std::optional<at::Tensor>& lengths_in, bool reset_after, bool reverse,
+                                         bool train, const std::optional<at::Tensor>& drop_in,
+                                         const std::optional<at::Tensor>& keep_in, double keep_p) {
+  TORCH_CHECK(gi_in.dim() == 3 && h0_in.dim() == 2 && gi_in.device().is_cpu(), "grukit cpu backend: bad ranks");
+  TORCH_CHECK(gi_in.scalar_type() == at::kFloat || gi_in.scalar_type() == at::kDouble,
+              "grukit cpu backend: float32 or float64 only, got ", gi_in.scalar_type());
+  const int64_t T = gi_in.size(0), B = gi_in.size(1), H = h0_in.size(1);
+  for (const auto* t : {&h0_in, &w_hh_in, &gamma_in, &beta_in})
+    TORCH_CHECK(t->scalar_type() == gi_in.scalar_type() && t->device().is_cpu(),
+                "grukit cpu backend: h0 and weights must match gi's dtype and device");
+  TORCH_CHECK(gi_in.size(2) == 3 * H && h0_in.size(0) == B && w_hh_in.size(0) == 3 * H && w_hh_in.size(1) == H &&
+                  gamma_in.numel() == 3 * H && beta_in.numel() == 3 * H,
+              "grukit cpu backend: inconsistent shapes");
+  const at::Tensor gi = gi_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  const at::Tensor drop = mask_input(drop_in, gi, {B, H}, "drop");
+  const at::Tensor keep = mask_input(keep_in, gi, {T, B, H}, "keep");
+  at::Tensor lengths;
+  if (lengths_in.has_value()) lengths = lengths_in->to(at::kLong).contiguous();
+  const auto opts = gi.options();
+  at::Tensor y = at::empty({T, B, H}, opts), h_n = at::empty({B, H}, opts);
+  at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
+  at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
+  at::Tensor xhat = at::empty({train ? T : 1, B, 3 * H}, opts), rstd = at::empty({train ? T : 1, B, 3}, opts);
+  at::Tensor work = at::empty({3 * B * H + 2 * B * 3 * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "grukit_gru_forward_norm", [&] {
+    const at::Tensor wpack = pack_hh(w_hh, reset_after);
+    const GateNorm<scalar_t> norm{gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), xhat.data_ptr<scalar_t>(),
+                                  rstd.data_ptr<scalar_t>()};
+    const Masks<scalar_t> masks = make_masks<scalar_t>(drop, keep, keep_p);
+    const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+    scalar_t* gp = train ? gates.data_ptr<scalar_t>() : nullptr;
+    scalar_t* hp = train ? hs.data_ptr<scalar_t>() : nullptr;
+    auto loop = reset_after ? (train ? forward_loop_norm<scalar_t, true, true>
+                                     : forward_loop_norm<scalar_t, true, false>)
+                            : (train ? forward_loop_norm<scalar_t, false, true>
+                                     : forward_loop_norm<scalar_t, false, false>);
+    loop(gi.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(), norm, h0.data_ptr<scalar_t>(), len,
+         y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, masks);
+  });
+  if (!train) xhat = rstd = at::Tensor();
+  return {y, h_n, gates, hs, xhat, rstd};
+}
+
+// The backward of gru_forward_norm: (dgi, dh0, dw_hh, dgamma, dbeta), dbeta also the gradient of b_hh.
+std::vector<at::Tensor> gru_backward_norm(const std::optional<at::Tensor>& dy_in,
+                                          const std::optional<at::Tensor>& dh_n_in, const at::Tensor& w_hh_in,
+                                          const at::Tensor& gamma_in, const at::Tensor& gates,
+                                          const at::Tensor& hs, const at::Tensor& xhat, const at::Tensor& rstd,
+                                          const std::optional<at::Tensor>& lengths_in, bool reset_after, bool reverse,
+                                          const std::optional<at::Tensor>& drop_in,
+                                          const std::optional<at::Tensor>& keep_in, double keep_p) {
+  const at::Tensor w_hh = w_hh_in.contiguous(), gamma = gamma_in.contiguous();
+  const int64_t T = hs.size(0), B = hs.size(1), H = hs.size(2);
+  const at::Tensor drop = mask_input(drop_in, hs, {B, H}, "drop");
+  const at::Tensor keep = mask_input(keep_in, hs, {T, B, H}, "keep");
+  at::Tensor dprod = at::empty({T, B, 3 * H}, hs.options());
+  const auto res = backward_through_time(dy_in, dh_n_in, w_hh, gates, hs, lengths_in, reset_after, reverse, drop, keep,
+                                         keep_p, {gamma, xhat.contiguous(), rstd.contiguous(), dprod});
+  const at::Tensor &dgi = res[0], &dgh = res[1], &dh0 = res[2];
+  // what the recurrent products read: the state entering each step (times the dropout mask), r times it for n
+  const at::Tensor src = (drop.defined() ? hs * drop : hs).view({T * B, H});
+  const at::Tensor dprod2 = dprod.view({T * B, 3 * H});
+  at::Tensor dw_hh;
+  if (reset_after) {
+    dw_hh = at::mm(dprod2.t(), src);
+  } else {
+    const at::Tensor rsrc = gates.view({T * B, 3 * H}).narrow(1, 0, H) * src;
+    dw_hh = at::cat({at::mm(dprod2.narrow(1, 0, 2 * H).t(), src), at::mm(dprod2.narrow(1, 2 * H, H).t(), rsrc)});
+  }
+  const at::Tensor dgh2 = dgh.view({T * B, 3 * H});
+  at::Tensor dgamma = (dgh2 * xhat.view({T * B, 3 * H})).sum(0);
+  at::Tensor dbeta = dgh2.sum(0);
+  return {dgi, dh0, dw_hh, dgamma, dbeta};
 }
 
 // (y, h_n) as a new Python tuple of tensors, or null with the Python error set.
@@ -1928,7 +2262,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &gru_forward, "GRU layer forward: (y, h_n, gates, hs)", py::arg("x"), py::arg("h0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
         py::arg("reset_after"), py::arg("reverse"), py::arg("train"), py::arg("wpack") = py::none(),
-        py::arg("fold") = py::none(), py::arg("b_hn") = py::none());
+        py::arg("fold") = py::none(), py::arg("b_hn") = py::none(), py::arg("drop") = py::none(),
+        py::arg("keep") = py::none(), py::arg("keep_p") = 0.0);
   m.def("stack", &gru_stack, "a whole eval stack: (output (T, B, D*H), h_n (L*D, B, H))", py::arg("x"), py::arg("hx"),
         py::arg("weights"), py::arg("layers"), py::arg("directions"), py::arg("reset_after"), py::arg("reverse"));
   m.def(
@@ -1985,5 +2320,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
         "torch allows two threads and the step is large enough", py::arg("mode"));
   m.def("backward", &gru_backward, "GRU layer backward: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)");
+  m.def("forward_norm", &gru_forward_norm, "layer-norm GRU layer forward from gi: (y, h_n, gates, hs, xhat, rstd)");
+  m.def("backward_norm", &gru_backward_norm, "layer-norm GRU layer backward: (dgi, dh0, dw_hh, dgamma, dbeta)");
   m.def("vector_bytes", [] { return kVecBytes; }, "SIMD vector width in bytes the extension was built for");
 }
