@@ -1064,19 +1064,40 @@ struct GateNorm {
 
 constexpr double kNormEps = 1e-5;  // F.layer_norm's default, which the reference uses
 
-// out = xhat * gamma + beta for one gate's H units, xhat = (prod - mean) * rstd (biased variance, as F.layer_norm).
+// The sum of the lanes of v.
+template <typename T>
+GRUKIT_INLINE T lane_sum(typename Simd<T>::V v) {
+  T sum = 0;
+  for (int i = 0; i < Simd<T>::N; ++i) sum += v[i];
+  return sum;
+}
+
+// out = xhat * gamma + beta for one gate's H units, xhat = (prod - mean) * rstd (biased variance, as F.layer_norm;
+// two passes, vector lanes accumulating in T).
 template <typename T>
 void normalise(const T* prod /* (H,) */, int64_t H, const T* gamma, const T* beta, T* xhat /* (H,) out */,
                T* rstd /* (1,) out */, T* out /* (H,) */) {
-  double mean = 0, var = 0;
-  for (int64_t j = 0; j < H; ++j) mean += prod[j];
-  mean /= H;
-  for (int64_t j = 0; j < H; ++j) var += (prod[j] - mean) * (prod[j] - mean);
-  const T rs = static_cast<T>(1.0 / std::sqrt(var / H + kNormEps));
-  const T m = static_cast<T>(mean);
-  for (int64_t j = 0; j < H; ++j) {
-    xhat[j] = (prod[j] - m) * rs;
-    out[j] = xhat[j] * gamma[j] + beta[j];
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V sum{};
+  for (int64_t j = 0; j < H; j += N) sum += load<T>(prod + j, static_cast<int>(std::min<int64_t>(N, H - j)));
+  const T mean = lane_sum<T>(sum) / static_cast<T>(H);
+  const V m = splat<T>(mean);
+  V sq{};
+  int64_t j = 0;
+  for (; j + N <= H; j += N) {
+    const V d = load<T>(prod + j, N) - m;
+    sq += d * d;
+  }
+  T var = lane_sum<T>(sq);
+  for (; j < H; ++j) var += (prod[j] - mean) * (prod[j] - mean);  // the tail: padded lanes would add mean^2
+  const T rs = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var) / H + kNormEps));
+  const V r = splat<T>(rs);
+  for (int64_t j = 0; j < H; j += N) {
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j));
+    const V xh = (load<T>(prod + j, n) - m) * r;
+    store<T>(xhat + j, xh, n);
+    store<T>(out + j, xh * load<T>(gamma + j, n) + load<T>(beta + j, n), n);
   }
   *rstd = rs;
 }
@@ -1085,13 +1106,22 @@ void normalise(const T* prod /* (H,) */, int64_t H, const T* gamma, const T* bet
 template <typename T>
 void normalise_backward(const T* dout /* (H,) */, const T* xhat, T rstd, const T* gamma, int64_t H,
                         T* dprod /* (H,) out */) {
-  double a = 0, b = 0;
-  for (int64_t j = 0; j < H; ++j) {
-    a += dout[j] * gamma[j];
-    b += dout[j] * gamma[j] * xhat[j];
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V a{}, b{};
+  for (int64_t j = 0; j < H; j += N) {
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j));
+    const V g = load<T>(dout + j, n) * load<T>(gamma + j, n);  // zeros past H
+    a += g;
+    b += g * load<T>(xhat + j, n);
   }
-  const T ma = static_cast<T>(a / H), mb = static_cast<T>(b / H);
-  for (int64_t j = 0; j < H; ++j) dprod[j] = rstd * (dout[j] * gamma[j] - ma - xhat[j] * mb);
+  const V ma = splat<T>(lane_sum<T>(a) / static_cast<T>(H)), mb = splat<T>(lane_sum<T>(b) / static_cast<T>(H));
+  const V r = splat<T>(rstd);
+  for (int64_t j = 0; j < H; j += N) {
+    const int n = static_cast<int>(std::min<int64_t>(N, H - j));
+    const V g = load<T>(dout + j, n) * load<T>(gamma + j, n);
+    store<T>(dprod + j, r * (g - ma - load<T>(xhat + j, n) * mb), n);
+  }
 }
 
 // out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, H, G, N); out rows of stride ld.
