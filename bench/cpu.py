@@ -416,7 +416,8 @@ def _threads_tables(one: int, n: int, infer: list[dict], stream: list[dict], tra
         "",
         f"{n} threads against {one} (same rounds; grukit splits a step's hidden units over two threads when the step's "
         f"estimated time, its FLOPs at 90 GFLOP/s or its weight bytes at 100 GB/s, is ≥ "
-        f"{load_extension().split_ns() / 1e3:.0f} µs, else runs one):",
+        f"{load_extension().split_ns() / 1e3:.0f} µs, else runs one; in training the backward through time too, and "
+        "torch's GEMMs before and after the loops use torch's threads):",
         "",
         f"| case | torch.nn.GRU {n}t | onnxruntime {n}t | grukit {one}t | grukit {n}t | grukit {n}t / {one}t speed-up "
         f"| grukit {n}t vs torch {n}t | vs ort {n}t |",

@@ -726,6 +726,30 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
+def test_the_backward_loop_splits_over_two_threads(reset_after, two_threads, monkeypatch):
+    """The backward through time splits too (each thread its hidden units' gate gradients and its panels of dh_prev,
+    a barrier between them): split or not, the same bits."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    gru = grukit.GRU(40, 260, reset_after=reset_after, recurrent_dropout=0.2)
+    x = torch.randn(9, 3, 40)
+    ext = load_extension()
+    grads = []
+    for mode in (0, 2):
+        ext.set_split_mode(0)  # the forward on one thread both times
+        torch.manual_seed(1)
+        gru.zero_grad(set_to_none=True)
+        y, h_n = gru(x)
+        ext.set_split_mode(mode)
+        jobs = ext.split_stats()["split_jobs"]
+        (y.square().sum() + h_n.sum()).backward()
+        assert (ext.split_stats()["split_jobs"] > jobs) == (mode == 2)
+        grads.append([p.grad for p in gru.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("hidden, batch, layers", [(37, 9, 2), (64, 1, 1), (33, 2, 1)])
 def test_bf16_stepper_weights_stay_close_to_float32(reset_after, hidden, batch, layers, monkeypatch):
     """bfloat16 keeps 8 bits of mantissa: each weight moves by at most 2^-9 of itself, the outputs by ~1e-3 (33: an

@@ -19,8 +19,9 @@
 // product normalised over its H units) needs a step's whole product before its gates: forward_loop_norm, one
 // thread, with the input side computed and normalised by the caller.
 //
-// Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing), then
-// batched GEMMs for dx, dW_ih, dW_hh and the bias gradients.
+// Backward: one fused loop per step (gate gradients, then dh_prev += dgh W_hh from a transposed packing; split over
+// two threads by hidden units as the forward is, one barrier a step), then batched GEMMs for dx, dW_ih, dW_hh and
+// the bias gradients.
 //
 // Vectors are GCC vector extensions sized to the widest ISA the compiler targets (-march=native picks AVX-512 or
 // AVX2; anything else gets 16-byte vectors), so the same source builds everywhere.
@@ -299,11 +300,12 @@ void pack_gate_panels(const T* w /* (rows, K) */, int64_t K, int64_t H, int64_t 
 }
 
 // Backward packing (the transpose): out[p][m][l] = w[m][p*N + l] (0 past H), m < M = 3H rows.
+// Panels [p_begin, p_end) of P = ceil(H / N).
 template <typename T>
-void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /* (P, M, N) */) {
+void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /* (P, M, N) */, int64_t p_begin,
+                        int64_t p_end) {
   constexpr int N = Simd<T>::N;
-  const int64_t P = (H + N - 1) / N;
-  for (int64_t p = 0; p < P; ++p)
+  for (int64_t p = p_begin; p < p_end; ++p)
     for (int64_t m = 0; m < M; ++m)
       for (int l = 0; l < N; ++l) {
         const int64_t j = p * N + l;
@@ -1250,18 +1252,26 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
                    T* dgh /* reset_after: (T, B, 3H) out, gradient of W_hh h (+ b_hh); else null (equals dgi) */,
                    T* dh0 /* (B, H) out */, T* work /* (2, B, H) scratch */, int64_t steps, int64_t B, int64_t H,
                    bool reverse, const Masks<T>& masks /* the forward's */,
-                   const NormGrad<T>* norm /* the layer-norm loop's, or null */) {
+                   const NormGrad<T>* norm /* the layer-norm loop's (one thread only), or null */,
+                   const Part& part /* this thread's share of the hidden-unit panels */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
   const int64_t G3 = 3 * H;
   const int64_t gate_stride = kResetAfter ? 4 * H : 3 * H;
+  // Each thread owns the hidden units of its panels: their elementwise gradients in phase A, their share of
+  // dh_prev in phase B (from all units' gate gradients: a barrier between the two).
+  const int64_t p_begin = part.begin(P), p_end = part.end(P);
+  const int64_t u_begin = p_begin * N, u_count = std::min(p_end * N, H) - u_begin;
   T* dh_cur = work;           // gradient w.r.t. the state after the step being processed
   T* dh_next = work + B * H;  // gradient w.r.t. the state before it
-  if (dh_n) {
-    std::memcpy(dh_cur, dh_n, sizeof(T) * B * H);
-  } else {
-    std::memset(dh_cur, 0, sizeof(T) * B * H);
+  for (int64_t b = 0; b < B && u_count > 0; ++b) {
+    T* d = dh_cur + b * H + u_begin;
+    if (dh_n) {
+      std::memcpy(d, dh_n + b * H + u_begin, sizeof(T) * u_count);
+    } else {
+      std::memset(d, 0, sizeof(T) * u_count);
+    }
   }
   const V one = splat<T>(T(1));
   const T* drop = masks.drop;
@@ -1281,7 +1291,7 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       const T* hp_row = hs + (t * B + b) * H;
       T* dgi_row = dgi + (t * B + b) * G3;
       T* dgh_row = kResetAfter ? dgh + (t * B + b) * G3 : nullptr;
-      for (int64_t j0 = 0; j0 < H; j0 += N) {
+      for (int64_t j0 = u_begin; j0 < u_begin + u_count; j0 += N) {
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         V dh = load<T>(dh_cur + b * H + j0, n);
         if (!valid) {
@@ -1318,9 +1328,10 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
     }
     if constexpr (kResetAfter) {
       // Phase B: dh_prev += dgh W_hh over all 3H rows (dgh through the norms first, with layer norm).
+      part.sync();  // phase B reads the gate gradients of every unit
       if (norm) norm->backward(dgh, t, B, H, 0, 3);
       const T* dsrc = norm ? norm->dprod : dgh;
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * G3 * N;
@@ -1333,9 +1344,10 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       }
     } else {
       // Phase B1: d(r*h) = dn_pre W_hn; dr_pre from it, and its direct share of dh_prev.
+      part.sync();  // phase B1 reads dn_pre of every unit
       if (norm) norm->backward(dgi, t, B, H, 2, 3);
       const T* dsrc = norm ? norm->dprod : dgi;
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + (p * G3 + 2 * H) * N;
@@ -1355,8 +1367,9 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
         });
       }
       // Phase B2: dh_prev += [dr_pre, dz_pre] W_hrz.
+      part.sync();  // phase B2 reads dr_pre and dz_pre of every unit
       if (norm) norm->backward(dgi, t, B, H, 0, 2);
-      for (int64_t p = 0; p < P; ++p) {
+      for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * G3 * N;
@@ -1370,7 +1383,8 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
     }
     std::swap(dh_cur, dh_next);
   }
-  std::memcpy(dh0, dh_cur, sizeof(T) * B * H);
+  for (int64_t b = 0; b < B && u_count > 0; ++b)
+    std::memcpy(dh0 + b * H + u_begin, dh_cur + b * H + u_begin, sizeof(T) * u_count);
 }
 
 // ------------------------------------------------------------------------------------------------ bindings
@@ -1957,18 +1971,24 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
     at::Tensor wpack = reusable(1, P * 3 * H * N, opts);
-    pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>());
     const Masks<scalar_t> masks = make_masks<scalar_t>(drop, keep, keep_p);
     NormGrad<scalar_t> grad{};
     if (!norm.empty())
       grad = {norm[0].data_ptr<scalar_t>(), norm[1].data_ptr<scalar_t>(), norm[2].data_ptr<scalar_t>(),
               norm[3].data_ptr<scalar_t>()};
     auto loop = reset_after ? backward_loop<scalar_t, true> : backward_loop<scalar_t, false>;
-    loop(dy.defined() ? dy.data_ptr<scalar_t>() : nullptr, dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr,
-         gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(),
-         lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, dgi.data_ptr<scalar_t>(),
-         reset_after ? dgh.data_ptr<scalar_t>() : nullptr, dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T, B,
-         H, reverse, masks, norm.empty() ? nullptr : &grad);
+    // the layer norms' row reductions span every unit: their backward runs on one thread
+    const int threads = norm.empty() ? team_size(B, H, 0, hs.element_size()) : 1;
+    grukit::Team::instance().run(threads, [&](const Part& part) {
+      // each thread packs the panels it alone reads (phase B's), so no barrier separates packing and loop
+      pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>(), part.begin(P),
+                                   part.end(P));
+      loop(dy.defined() ? dy.data_ptr<scalar_t>() : nullptr, dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr,
+           gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(),
+           lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, dgi.data_ptr<scalar_t>(),
+           reset_after ? dgh.data_ptr<scalar_t>() : nullptr, dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T,
+           B, H, reverse, masks, norm.empty() ? nullptr : &grad, part);
+    });
   });
   return {dgi, dgh, dh0};
 }
