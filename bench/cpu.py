@@ -183,6 +183,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
         x, state, h = torch.randn(1, hidden), torch.zeros(1, 1, hidden), torch.zeros(1, hidden)
         stepper, rounded = gru.stepper(), gru.stepper(bf16=True)
         before = grukit.GRU(hidden, hidden, reset_after=False).eval().stepper()  # the other equation form
+        normed = grukit.GRU(hidden, hidden, layer_norm=True, zoneout=0.1).eval().stepper()  # the norm layers
         fused = stepper._fused  # the bare C++ call: what is left without the stepper's Python
         outs = (torch.empty(1, hidden), torch.empty(1, 1, hidden))  # its outputs given: no allocation per call
         path = grukit.export_onnx(gru, Path(directory) / f"step_{hidden}.onnx", initial_state=True)
@@ -200,6 +201,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
                 "stepper": lambda s=stepper, x=x, h=state: s.step(x, h),
                 "bf16": lambda s=rounded, x=x, h=state: s.step(x, h),
                 "before": lambda s=before, x=x, h=state: s.step(x, h),
+                "normed": lambda s=normed, x=x, h=state: s.step(x, h),
                 "step": lambda g=gru, x=x, s=state: g.step(x, s),
                 "call": lambda f=fused, x=x, s=state: f(x, s),
                 "call_out": lambda f=fused, x=x, s=state, o=outs: f(x, s, *o),
@@ -361,12 +363,14 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         "or the opt-in cache's packed ones); bf16 is "
         "`gru.stepper(bf16=True)` (weights rounded to bfloat16, arithmetic in float32), its error the largest "
         "|y_bf16 - y_f32| over 100 steps of N(0, 1) inputs with the state carried; reset_after=False is the stepper "
-        "of a GRU in the other equation form (r applied before W_hn: two phases per layer).",
+        "of a GRU in the other equation form (r applied before W_hn: two phases per layer); layer_norm + zoneout is "
+        "the stepper of a GRU(layer_norm=True, zoneout=0.1) (each gate's row normalised, one thread; zoneout's "
+        "expectation).",
         "",
         "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call | C++ call, out= | `gru.step` "
         "| stepper vs GRUCell | vs ort | bf16 stepper | bf16 vs float32 stepper | bf16 max error "
-        "| reset_after=False stepper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| reset_after=False stepper | layer_norm + zoneout stepper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in stream:
         lines.append(
@@ -374,7 +378,8 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
             f"{_us(r, f'call@{one}')} | {_us(r, f'call_out@{one}')} | {_us(r, f'step@{one}')} | "
             f"{_ratio(r, f'cell@{one}', f'stepper@{one}')} | "
             f"{_ratio(r, f'ort@{one}', f'stepper@{one}')} | {_us(r, f'bf16@{one}')} | "
-            f"{_ratio(r, f'stepper@{one}', f'bf16@{one}')} | {r['bf16_error']:.1e} | {_us(r, f'before@{one}')} |"
+            f"{_ratio(r, f'stepper@{one}', f'bf16@{one}')} | {r['bf16_error']:.1e} | {_us(r, f'before@{one}')} | "
+            f"{_us(r, f'normed@{one}')} |"
         )
     lines += [
         "",

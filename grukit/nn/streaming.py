@@ -82,11 +82,11 @@ class Stepper:
     read per step, with products, gates and state still in float32; outputs differ from float32 by about 1e-3
     (bench/cpu.py reports the measured error).
 
-    Snapshot semantics: where a backend offers a fused stepper (the cpu backend, for either equation form without
-    layer norm or zoneout), the weights are packed once, when the stepper is made or ``refresh()``-ed, and every
-    step runs all layers in one C++ call. Otherwise each step calls ``module.step`` under ``torch.no_grad()``.
-    Either way, after the model changes, call ``refresh()``; until then a step raises ``StaleStepperError`` for
-    every change it can detect:
+    Snapshot semantics: where a backend offers a fused stepper (the cpu backend, for either equation form, layer
+    norm and zoneout's expectation included), the weights are packed once, when the stepper is made or
+    ``refresh()``-ed, and every step runs all layers in one C++ call. Otherwise each step calls ``module.step``
+    under ``torch.no_grad()``. Either way, after the model changes, call ``refresh()``; until then a step raises
+    ``StaleStepperError`` for every change it can detect:
       - in-place updates through the parameter or any view or ``.detach()`` of it (optimizer steps,
         ``p.add_(...)`` under no_grad, ``load_state_dict``), which bump its version counter;
       - a new storage (``p.data = ...``, ``module.to(dtype)``) or a replaced parameter (``module.w = Parameter``);
@@ -110,8 +110,8 @@ class Stepper:
         self._fused = self.module.fused_stepper(self.bf16)
         if self.bf16 and self._fused is None:
             raise ValueError(
-                "stepper(bf16=True) needs a fused stepper: the cpu backend and a float32 GRU with no layer_norm or "
-                "zoneout; use stepper() for this model"
+                "stepper(bf16=True) needs a fused stepper: the cpu backend and a float32 GRU with no layer_norm; "
+                "use stepper() for this model"
             )
         self.__dict__.pop("step", None)  # the guarded builtin of a previous binding
         guard = getattr(getattr(self._fused, "__self__", None), "guard", None)

@@ -102,6 +102,20 @@ def _reference_steps(gru, xs, state, monkeypatch):
     return torch.stack(ys), state
 
 
+def test_without_a_fused_stepper_each_step_runs_the_module(monkeypatch):
+    """A backend with no fused stepper (here the reference): each step is ``gru.step`` under no_grad."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    torch.manual_seed(0)
+    gru = grukit.GRU(5, 13, num_layers=2, layer_norm=True, zoneout=0.3).eval()
+    xs = torch.randn(6, 3, 5)
+    stepper = gru.stepper()
+    assert stepper._fused is None
+    with torch.no_grad():
+        expected, expected_state = gru(xs)
+    torch.testing.assert_close(torch.stack([stepper(x_t) for x_t in xs]), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stepper.state, expected_state, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize(
     "kwargs",
@@ -109,7 +123,7 @@ def _reference_steps(gru, xs, state, monkeypatch):
         {"num_layers": 3},
         {"num_layers": 2, "bias": False, "learn_init": True},
         {"reset_after": False, "num_layers": 2},  # the fused kernel's two-phase form
-        {"layer_norm": True, "zoneout": 0.3},  # served by the reference
+        {"layer_norm": True, "zoneout": 0.3},  # the fused stepper's layer-norm layers, zoneout's expectation
     ],
 )
 @pytest.mark.parametrize("batched", [True, False])

@@ -229,23 +229,21 @@ class CpuBackend:
         weights packed now, and ``step(x_t: (B, I) or (I,), state: (L, B, H) or (L, H)) -> (y_t, new state)`` runs
         all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage;
         ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). Both
-        equation forms (reset_after=False: two phases per layer, r * h between them). ``bf16`` packs the weights
-        rounded to bfloat16 (float32 only: products, gates and state stay float32)."""
-        if (
-            config.reverse
-            or config.zoneout > 0
-            or config.layer_norm
-            or (bf16 and weights[0].w_ih.dtype != torch.float32)
-        ):
+        equation forms (reset_after=False: two phases per layer, r * h between them), zoneout's eval expectation and
+        layer norm (one thread: each gate's row normalised). ``bf16`` packs the weights rounded to bfloat16 (float32
+        without layer norm only: products, gates and state stay float32)."""
+        if config.reverse or (bf16 and (weights[0].w_ih.dtype != torch.float32 or config.layer_norm)):
             return None
         layers = []
         for w in weights:
             biases = []
             present = w.b_ih if w.b_ih is not None else w.b_hh
-            if present is not None:  # both, or one only: then a zero for the other
+            if present is not None or config.layer_norm:  # both, or one only: then a zero for the other
+                present = w.w_hh.new_zeros(w.w_hh.shape[0]) if present is None else present
                 biases = [torch.zeros_like(present) if b is None else b for b in (w.b_ih, w.b_hh)]
-            layers.append([w.w_ih, w.w_hh, *biases])
-        stepper = self.ext.Stepper(layers, list(watched), bf16, config.reset_after)
+            norms = [w.ln_ih_weight, w.ln_ih_bias, w.ln_hh_weight, w.ln_hh_bias] if config.layer_norm else []
+            layers.append([w.w_ih, w.w_hh, *biases, *norms])
+        stepper = self.ext.Stepper(layers, list(watched), bf16, config.reset_after, config.zoneout)
         return stepper.bind()  # no pybind11 argument matching per call
 
     def gru_stack(

@@ -909,7 +909,8 @@ template <typename T, typename W = T>
 void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih /* (P, depth(I), 3, N) */,
                  const W* whh /* (P, depth(H), 3, N) */, const T* fold /* (3H,) or null: b_ih + [b_hr, b_hz, 0] */,
                  const T* b_hn /* (H,) or null */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
-                 int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */) {
+                 int64_t B, int64_t I, int64_t H, int64_t p_begin, int64_t p_end /* the panels to compute */,
+                 T keep = 0 /* eval zoneout: h = h_new + keep (h_prev - h_new) */) {
   using V = typename Simd<T>::V;
   step_panels<T, W, 3>(x, h0, wih, whh, fold, B, I, H, p_begin, p_end,
                        [&](auto rows, int64_t b0, int64_t j0, int n, const V(&f)[3], auto& ai, auto& ah) {
@@ -922,7 +923,8 @@ void step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const W* wih
                            const V rg = sigmoid_v((f[0] + ai[r][0]) + ah[r][0]);
                            const V zg = sigmoid_v((f[1] + ai[r][1]) + ah[r][1]);
                            const V ng = tanh_v((f[2] + ai[r][2]) + rg * (ah[r][2] + bn));
-                           const V hnew = ng + zg * (hp - ng);
+                           V hnew = ng + zg * (hp - ng);
+                           if (keep != T(0)) hnew += keep * (hp - hnew);
                            store<T>(h_n + o, hnew, n);
                            if (y != h_n) store<T>(y + o, hnew, n);
                          }
@@ -959,7 +961,7 @@ void step_kernel_before_rz(const T* x /* (B, I) */, const T* h0 /* (B, H) */, co
 template <typename T, typename W = T>
 void step_kernel_before_n(const T* h0 /* (B, H) */, const W* whh /* as step_kernel_before_rz's */,
                           const T* work /* (3, B, H) */, T* y /* (B, H) out */, T* h_n /* (B, H) out, may be y */,
-                          int64_t B, int64_t H, int64_t p_begin, int64_t p_end) {
+                          int64_t B, int64_t H, int64_t p_begin, int64_t p_end, T keep /* as step_kernel's */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N, panel_size = panel_depth<W>(H) * N;
@@ -981,7 +983,8 @@ void step_kernel_before_n(const T* h0 /* (B, H) */, const W* whh /* as step_kern
         const int64_t o = (b0 + r) * H + j0;
         const V hp = load<T>(h0 + o, n);
         const V ng = tanh_v(load<T>(x_n + o, n) + acc[r][0]);
-        const V hnew = ng + load<T>(z + o, n) * (hp - ng);
+        V hnew = ng + load<T>(z + o, n) * (hp - ng);
+        if (keep != T(0)) hnew += keep * (hp - hnew);
         store<T>(h_n + o, hnew, n);
         if (y != h_n) store<T>(y + o, hnew, n);
       }
@@ -1126,9 +1129,9 @@ void normalise_backward(const T* dout /* (H,) */, const T* xhat, T rstd, const T
   }
 }
 
-// out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, H, G, N); out rows of stride ld.
+// out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, K, G, N); out rows of stride ld.
 template <typename T, int G>
-void gate_products(const T* src /* (B, H) */, const T* wpack /* (P, H, G, N) */, int64_t B, int64_t H,
+void gate_products(const T* src /* (B, K) */, int64_t K, const T* wpack /* (P, K, G, N) */, int64_t B, int64_t H,
                    T* out /* (B, ld) */, int64_t ld) {
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
@@ -1138,7 +1141,7 @@ void gate_products(const T* src /* (B, H) */, const T* wpack /* (P, H, G, N) */,
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
       typename Simd<T>::V acc[R][G];
-      panel_product<T, R, G>(src + b0 * H, H, H, wpack + p * H * G * N, acc);
+      panel_product<T, R, G>(src + b0 * K, K, K, wpack + p * K * G * N, acc);
       for (int r = 0; r < R; ++r)
         for (int g = 0; g < G; ++g) store<T>(out + (b0 + r) * ld + g * H + j0, acc[r][g], n);
     });
@@ -1180,7 +1183,7 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
       for (int64_t i = 0; i < B * H; ++i) src_buf[i] = h_cur[i] * masks.drop[i];
       src = src_buf;
     }
-    gate_products<T, kResetAfter ? 3 : 2>(src, wpack, B, H, prod, G3);
+    gate_products<T, kResetAfter ? 3 : 2>(src, H, wpack, B, H, prod, G3);
     norm_rows(t, 0, kResetAfter ? 3 : 2);
     if constexpr (!kResetAfter) {  // r * (h * drop) into src_buf, then the n product over it
       for (int64_t b = 0; b < B; ++b)
@@ -1189,7 +1192,7 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
           const V r = sigmoid_v(load<T>(gi + (t * B + b) * G3 + j0, n) + load<T>(normed + b * G3 + j0, n));
           store<T>(src_buf + b * H + j0, r * load<T>(src + b * H + j0, n), n);
         }
-      gate_products<T, 1>(src_buf, wn, B, H, prod + 2 * H, G3);
+      gate_products<T, 1>(src_buf, H, wn, B, H, prod + 2 * H, G3);
       norm_rows(t, 2, 3);
     }
     for (int64_t b = 0; b < B; ++b) {
@@ -1607,24 +1610,33 @@ at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */, bool three_gates) {
 // one of them changed (the Python side raises, naming it).
 class Stepper {
  public:
-  // layers: per layer [w_ih (3H, I_l), w_hh (3H, H)] or [w_ih, w_hh, b_ih (3H,), b_hh (3H,)], all of one dtype.
+  // layers: per layer [w_ih (3H, I_l), w_hh (3H, H)] or [w_ih, w_hh, b_ih (3H,), b_hh (3H,)], all of one dtype;
+  // a layer-norm layer adds its norms [ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias] (3H,) after both biases.
+  // keep: zoneout's probability (eval: the expectation h = h_new + keep (h_prev - h_new)), 0 for none.
   Stepper(const std::vector<std::vector<at::Tensor>>& layers, const std::vector<at::Tensor>& watched, bool bf16,
-          bool reset_after)
-      : watched_(watched), bf16_(bf16), reset_after_(reset_after) {
+          bool reset_after, double keep)
+      : watched_(watched), bf16_(bf16), reset_after_(reset_after), keep_(keep) {
     at::NoGradGuard no_grad;
     TORCH_CHECK(!layers.empty(), "grukit stepper: no layers");
+    TORCH_CHECK(keep >= 0 && keep < 1, "grukit stepper: zoneout must be in [0, 1), got ", keep);
     H_ = layers[0][1].size(1);
     dtype_ = layers[0][0].scalar_type();
     for (const auto& w : layers) {
-      TORCH_CHECK((w.size() == 2 || w.size() == 4) && w[1].dim() == 2 && w[1].size(0) == 3 * H_ &&
+      TORCH_CHECK((w.size() == 2 || w.size() == 4 || w.size() == 8) && w[1].dim() == 2 && w[1].size(0) == 3 * H_ &&
                       w[1].size(1) == H_ && w[0].dim() == 2 && w[0].size(0) == 3 * H_,
-                  "grukit stepper: each layer needs w_ih (3H, I) and w_hh (3H, H) of one H, and optionally both biases");
+                  "grukit stepper: each layer needs w_ih (3H, I) and w_hh (3H, H) of one H, and optionally both biases "
+                  "(then optionally the four layer-norm vectors)");
       for (const auto& t : w)
         TORCH_CHECK(t.scalar_type() == dtype_ && t.device().is_cpu(), "grukit stepper: CPU weights of one dtype");
+      const bool norm = w.size() == 8;
+      TORCH_CHECK(!(bf16 && norm), "grukit stepper: bfloat16 weights serve no layer-norm layer");
       Layer layer{bf16 ? pack_bf16(w[0], true) : pack_ih(w[0]),
                   bf16 ? pack_bf16(w[1], reset_after) : pack_hh(w[1], reset_after), at::Tensor(), at::Tensor(),
                   w[0].size(1)};
-      if (w.size() == 4) {
+      if (norm) {  // the biases join the norms' biases: out = xhat * gain + (norm bias + layer bias)
+        layer.norms = {w[4].contiguous(), (w[5] + w[2]).contiguous(), w[6].contiguous(), (w[7] + w[3]).contiguous()};
+        has_norm_ = true;
+      } else if (w.size() == 4) {
         auto folded = fold_bias(w[2], w[3], reset_after);
         layer.fold = folded[0];
         layer.b_hn = folded[1];
@@ -1685,6 +1697,9 @@ class Stepper {
     for (const auto& layer : layers_) inputs += layer.in;
     if (!reset_after_ && (!work_.defined() || work_.numel() < 3 * B * H_))  // grows with B, else no allocation
       work_ = at::detail::empty_cpu({3 * B * H_}, dtype_, false);
+    const int64_t norm_elements = 6 * B * 3 * H_ + 3 * B + 3 * B * H_;  // see norm_step
+    if (has_norm_ && (!norm_work_.defined() || norm_work_.numel() < norm_elements))
+      norm_work_ = at::detail::empty_cpu({norm_elements}, dtype_, false);
     AT_DISPATCH_FLOATING_TYPES(dtype_, "grukit_stepper", [&] {
       constexpr int N = Simd<scalar_t>::N;
       const int64_t P = (H_ + N - 1) / N;
@@ -1696,18 +1711,23 @@ class Stepper {
         const Wt* wih = static_cast<const Wt*>(w.wih.data_ptr());
         const Wt* whh = static_cast<const Wt*>(w.whh.data_ptr());
         const scalar_t* fold = w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr;
+        const auto keep = static_cast<scalar_t>(keep_);
+        if constexpr (std::is_same_v<Wt, scalar_t>) {
+          if (!w.norms.empty()) return norm_step<scalar_t>(w, in, h_l, y_out, out, B);  // one thread (see has_norm_)
+        }
         if (reset_after_) {
           step_kernel<scalar_t, Wt>(in, h_l, wih, whh, fold, w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr,
-                                    y_out, out, B, w.in, H_, part.begin(P), part.end(P));
+                                    y_out, out, B, w.in, H_, part.begin(P), part.end(P), keep);
         } else {
           scalar_t* work = work_.data_ptr<scalar_t>();
           step_kernel_before_rz<scalar_t, Wt>(in, h_l, wih, whh, fold, work, B, w.in, H_, part.begin(P), part.end(P));
           part.sync();  // phase 2 reads r * h of every unit
-          step_kernel_before_n<scalar_t, Wt>(h_l, whh, work, y_out, out, B, H_, part.begin(P), part.end(P));
+          step_kernel_before_n<scalar_t, Wt>(h_l, whh, work, y_out, out, B, H_, part.begin(P), part.end(P), keep);
         }
       };
       const int64_t weight_bytes = bf16_ ? 2 : static_cast<int64_t>(sizeof(scalar_t));
-      grukit::Team::instance().run(team_size(B * L, H_, inputs / L, weight_bytes), [&](const Part& part) {
+      const int threads = has_norm_ ? 1 : team_size(B * L, H_, inputs / L, weight_bytes);
+      grukit::Team::instance().run(threads, [&](const Part& part) {
         const scalar_t* in = x.data_ptr<scalar_t>();
         for (int64_t l = 0; l < L; ++l) {
           scalar_t* out = h_n.data_ptr<scalar_t>() + l * B * H_;
@@ -1727,6 +1747,40 @@ class Stepper {
   }
 
  private:
+  struct Layer {
+    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), pack_hh's layout (bf16: pairs); folded biases or none
+    int64_t in;                       // input width I of this layer
+    std::vector<at::Tensor> norms;    // layer norm: gain_ih, bias_ih + b_ih, gain_hh, bias_hh + b_hh; else empty
+  };
+
+  // One layer-norm layer's step (one thread): the input product from the packed W_ih, each gate's row normalised
+  // (plus its biases), then forward_loop_norm's single step over the packed W_hh, zoneout's expectation included.
+  // norm_work_: the raw input product, the normalised one, the norms' scratch (xhat (B, 3H), rstd (B, 3)) and the
+  // loop's work (3 B H + 2 B 3H).
+  template <typename T>
+  void norm_step(const Layer& w, const T* x /* (B, I) */, const T* h /* (B, H) */, T* y /* (B, H) */,
+                 T* h_n /* (B, H), may be y */, int64_t B) {
+    const int64_t H = H_, G3 = 3 * H_;
+    T* raw = norm_work_.data_ptr<T>();
+    T* gi = raw + B * G3;
+    T* xhat = gi + B * G3;
+    T* rstd = xhat + B * G3;
+    T* work = rstd + 3 * B;
+    const T* gain_ih = w.norms[0].data_ptr<T>();
+    const T* bias_ih = w.norms[1].data_ptr<T>();
+    gate_products<T, 3>(x, w.in, w.wih.data_ptr<T>(), B, H, raw, G3);
+    for (int64_t b = 0; b < B; ++b)
+      for (int g = 0; g < 3; ++g) {
+        const int64_t o = b * G3 + g * H;
+        normalise<T>(raw + o, H, gain_ih + g * H, bias_ih + g * H, xhat + o, rstd + b * 3 + g, gi + o);
+      }
+    const GateNorm<T> norm{w.norms[2].data_ptr<T>(), w.norms[3].data_ptr<T>(), xhat, rstd};
+    Masks<T> masks;
+    masks.keep_p = static_cast<T>(keep_);
+    auto loop = reset_after_ ? forward_loop_norm<T, true, false> : forward_loop_norm<T, false, false>;
+    loop(gi, w.whh.data_ptr<T>(), norm, h, nullptr, y, h_n, nullptr, nullptr, work, 1, B, H, false, masks);
+  }
+
   // An output tensor written in place: the expected shape and the weights' dtype, contiguous CPU, outside autograd
   // and sharing no memory with `others` (the kernel reads every input unit while writing its panels).
   void check_out(const at::Tensor& out, at::IntArrayRef shape, const char* name,
@@ -1744,16 +1798,15 @@ class Stepper {
     }
   }
 
-  struct Layer {
-    at::Tensor wih, whh, fold, b_hn;  // packed (P, I, 3, N), pack_hh's layout (bf16: pairs); folded biases or none
-    int64_t in;                       // input width I of this layer
-  };
   std::vector<Layer> layers_;
   std::vector<at::Tensor> watched_;
   std::vector<std::pair<int64_t, const void*>> stamps_;
   bool bf16_ = false;
   bool reset_after_ = true;
+  double keep_ = 0;         // zoneout's expectation
+  bool has_norm_ = false;   // a layer-norm stack: one thread (forward_loop_norm's)
   at::Tensor work_;  // reset_before: r * h, z and the input side of n, (3, B, H), shared by the layers
+  at::Tensor norm_work_;  // layer norm: see norm_step
   int64_t H_ = 0;
   at::ScalarType dtype_ = at::kFloat;
 };
@@ -2332,8 +2385,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_batch", [] { return kDirectBatch; }, "the largest batch step_direct serves");
   m.def("step", &gru_step, "one streaming step, reset_after, no lengths: (y (1, B, H), h_n (B, H))");
   py::class_<Stepper>(m, "Stepper", "all layers of a streaming step from weights packed once (see Stepper)")
-      .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool, bool>(),
-           py::arg("layers"), py::arg("watched"), py::arg("bf16") = false, py::arg("reset_after") = true)
+      .def(py::init<const std::vector<std::vector<at::Tensor>>&, const std::vector<at::Tensor>&, bool, bool, double>(),
+           py::arg("layers"), py::arg("watched"), py::arg("bf16") = false, py::arg("reset_after") = true,
+           py::arg("zoneout") = 0.0)
       .def("step", &Stepper::step, "(y, h_n), or None when a watched tensor changed", py::arg("x"), py::arg("h"))
       .def("changed", &Stepper::changed, "index of the first watched tensor changed since packing, or -1")
       .def(
@@ -2362,10 +2416,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "split_stats",
       [] {
         auto& team = grukit::Team::instance();
-        return py::dict(py::arg("split_jobs") = team.split_jobs(), py::arg("barrier_waits") = team.barrier_waits(),
+        return py::dict(py::arg("split_jobs") = team.split_jobs(), py::arg("barriers") = team.barriers(),
+                        py::arg("barrier_waits") = team.barrier_waits(),
                         py::arg("barrier_sleeps") = team.barrier_sleeps(), py::arg("backoffs") = team.backoffs());
       },
-      "counts so far: jobs split over two threads, barriers waited at, of them slept at, back-offs to one thread");
+      "counts so far: jobs split over two threads, barriers passed, of them waited at (timing: maybe none), of "
+      "those slept at, back-offs to one thread");
   m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
         "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
         "torch allows two threads and the step is large enough", py::arg("mode"));

@@ -157,7 +157,9 @@ class Team {
 
   // How many jobs ran on two threads (the tests' window on the split).
   uint64_t split_jobs() const { return split_jobs_.load(std::memory_order_relaxed); }
-  // Barriers waited at, of them slept at, and back-offs to one thread, all so far (diagnostics).
+  // Barriers passed; of them waited at (the partner not there yet: timing, so possibly none), of those slept at;
+  // back-offs to one thread; all so far (diagnostics).
+  uint64_t barriers() const { return slots_[0].arrived.load(std::memory_order_relaxed); }
   uint64_t barrier_waits() const { return slot_waits(); }
   uint64_t barrier_sleeps() const { return barrier_sleeps_.load(std::memory_order_relaxed); }
   uint64_t backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
