@@ -407,7 +407,7 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
     lines.append(
         "\nVariants torch.nn.GRU lacks, grukit.GRU in training under GRUKIT_BACKEND=reference (the pure-PyTorch loop) "
         "and =cpu: masked is recurrent_dropout=0.25 with zoneout=0.1 (new masks every call, applied inside the fused "
-        "loop and its backward); layer_norm is layer_norm=True (the cpu backend's one-thread norm loop)."
+        "loop and its backward); layer_norm is layer_norm=True (the cpu backend's norm loop)."
     )
     for n in more:
         lines += _threads_tables(one, n, infer, stream, train)

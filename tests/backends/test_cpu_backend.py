@@ -688,8 +688,8 @@ def _unsplit_and_split(fn):
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize(
     "batch, regularisers",
-    [(2, {}), (1, {}), (2, {"recurrent_dropout": 0.3, "zoneout": 0.2})],
-    ids=["batch-two", "batch-one", "masked"],  # batch-one: the loop with the projection ahead
+    [(2, {}), (1, {}), (2, {"recurrent_dropout": 0.3, "zoneout": 0.2}), (3, {"layer_norm": True, "zoneout": 0.2})],
+    ids=["batch-two", "batch-one", "masked", "layer-norm"],  # batch-one: the loop with the projection ahead
 )
 def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_threads, monkeypatch):
     """Each hidden unit is computed by one thread with the same arithmetic: splitting the time loop over two
@@ -698,7 +698,7 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
     torch.manual_seed(0)
     # 260: a tail panel; a step over split_ns
     gru = grukit.GRU(40, 260, num_layers=2, reset_after=reset_after, **regularisers)
-    x, lengths = torch.randn(12, batch, 40), torch.tensor([7, 12][:batch])
+    x, lengths = torch.randn(12, batch, 40), torch.tensor([7, 12, 10][:batch])
     ext = load_extension()
 
     def train():
@@ -727,12 +727,14 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_the_backward_loop_splits_over_two_threads(reset_after, two_threads, monkeypatch):
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_backward_loop_splits_over_two_threads(reset_after, layer_norm, two_threads, monkeypatch):
     """The backward through time splits too (each thread its hidden units' gate gradients and its panels of dh_prev,
     a barrier between them): split or not, the same bits."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
-    gru = grukit.GRU(40, 260, reset_after=reset_after, recurrent_dropout=0.2)
+    gru = grukit.GRU(40, 260, reset_after=reset_after, recurrent_dropout=0.2, layer_norm=layer_norm)
+    _perturb_norms(gru)
     x = torch.randn(9, 3, 40)
     ext = load_extension()
     grads = []

@@ -4,8 +4,8 @@ Serves CPU tensors of float32 and float64 in both equation forms, forward or rev
 ``lengths``, in training and eval, with gradients for x, h0 and every weight, and the regularisers: recurrent
 dropout and zoneout (the layer's sampled masks, or zoneout's expectation in eval, applied inside the fused loop and
 its backward), DropConnect (nothing to do: the layer passes an already-masked w_hh) and layer_norm (the input side
-is one GEMM and the reference's norm, the recurrence ``ext.forward_norm``: one thread, each gate's recurrent product
-normalised before the gate math). Declines, with a reason, other devices and dtypes, autocast and
+is one GEMM and the reference's norm, the recurrence ``ext.forward_norm``: each gate's recurrent product normalised
+before the gate math). Declines, with a reason, other devices and dtypes, autocast and
 ``torch.compile`` tracing (the reference loop traces without graph breaks).
 
 Packed weights can be cached across calls (``PackCache``, OFF by default: opt in with the environment variable

@@ -1056,7 +1056,7 @@ void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const
 
 // GRU(layer_norm=True): each gate's block of the recurrent product is layer-normalised over its H units before
 // the gate math, so a step needs the whole product row before any gate: the loop writes the products, normalises
-// each row, then applies the gates (one thread; the input side, normalised too, comes precomputed in gi).
+// each row, then applies the gates (the input side, normalised too, comes precomputed in gi).
 // gamma, beta (3H,): the norm's gain, and its bias plus b_hh. Training saves xhat (T, B, 3H), the normalised
 // products, and rstd (T, B, 3), 1 / sqrt(var + eps) per row and gate, for the backward.
 template <typename T>
@@ -1129,13 +1129,13 @@ void normalise_backward(const T* dout /* (H,) */, const T* xhat, T rstd, const T
   }
 }
 
-// out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, K, G, N); out rows of stride ld.
+// out[b][g*H + j] = src[b] W_g^T for G gates, from panels (P, K, G, N), panels [p_begin, p_end); out rows of
+// stride ld.
 template <typename T, int G>
 void gate_products(const T* src /* (B, K) */, int64_t K, const T* wpack /* (P, K, G, N) */, int64_t B, int64_t H,
-                   T* out /* (B, ld) */, int64_t ld) {
+                   T* out /* (B, ld) */, int64_t ld, int64_t p_begin, int64_t p_end) {
   constexpr int N = Simd<T>::N;
-  const int64_t P = (H + N - 1) / N;
-  for (int64_t p = 0; p < P; ++p) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
     const int64_t j0 = p * N;
     const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
     for_row_blocks(B, [&](auto rows, int64_t b0) {
@@ -1149,28 +1149,38 @@ void gate_products(const T* src /* (B, K) */, int64_t K, const T* wpack /* (P, K
 }
 
 // The layer-norm loop (see GateNorm): gi (T, B, 3H) the normalised input side plus b_ih; wpack as forward_loop's;
-// work (3 B H + 2 B 3H): the two states, the product's source (h * drop, or r * h * drop), the products, the normed
-// ones. Saves as forward_loop (reset_after's 4th gate slot holds the normed n product plus its biases).
+// work (5 B H + 2 B 3H): the two states, the two states times the dropout mask, r * (h * drop), the products and
+// the normed ones. Saves as forward_loop (reset_after's 4th gate slot holds the normed n product plus its biases).
+// Split over a team as the products are by panels (the other steps by batch rows: a row's norm spans every unit),
+// with a barrier between the two: two per step, four in the reset_before form.
 template <typename T, bool kResetAfter, bool kTrain>
 void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, const T* h0 /* (B, H) */,
                        const int64_t* lengths /* (B,) or null */, T* y /* (T, B, H) out */, T* h_n /* (B, H) out */,
                        T* gates, T* hs, T* work, int64_t steps, int64_t B, int64_t H, bool reverse,
-                       const Masks<T>& masks) {
+                       const Masks<T>& masks, const Part& part) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   const int64_t P = (H + N - 1) / N;
   const int64_t G3 = 3 * H, gate_stride = kResetAfter ? 4 * H : 3 * H;
+  const int64_t p_begin = part.begin(P), p_end = part.end(P), b_begin = part.begin(B), b_end = part.end(B);
+  const T* drop = masks.drop;
   T* h_cur = work;
   T* h_next = work + B * H;
-  T* src_buf = work + 2 * B * H;
-  T* prod = work + 3 * B * H;
+  T* src_cur = drop ? work + 2 * B * H : h_cur;  // what the products read: h, or h * drop
+  T* src_next = drop ? work + 3 * B * H : h_next;
+  T* rh = work + 4 * B * H;
+  T* prod = work + 5 * B * H;
   T* normed = prod + B * G3;
   const T* wn = wpack + P * H * 2 * N;
-  std::memcpy(h_cur, h0, sizeof(T) * B * H);
+  for (int64_t i = b_begin * H; i < b_end * H; ++i) {
+    h_cur[i] = h0[i];
+    if (drop) src_cur[i] = h0[i] * drop[i];
+  }
+  part.sync();
   auto norm_rows = [&](int64_t t, int g0, int g1) {
     T* xh = kTrain ? norm.xhat + t * B * G3 : norm.xhat;
     T* rs = kTrain ? norm.rstd + t * B * 3 : norm.rstd;
-    for (int64_t b = 0; b < B; ++b)
+    for (int64_t b = b_begin; b < b_end; ++b)
       for (int g = g0; g < g1; ++g) {
         const int64_t o = b * G3 + g * H;
         normalise<T>(prod + o, H, norm.gamma + g * H, norm.beta + g * H, xh + o, rs + b * 3 + g, normed + o);
@@ -1178,24 +1188,22 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
   };
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = reverse ? steps - 1 - s : s;
-    const T* src = h_cur;
-    if (masks.drop) {
-      for (int64_t i = 0; i < B * H; ++i) src_buf[i] = h_cur[i] * masks.drop[i];
-      src = src_buf;
-    }
-    gate_products<T, kResetAfter ? 3 : 2>(src, H, wpack, B, H, prod, G3);
+    gate_products<T, kResetAfter ? 3 : 2>(src_cur, H, wpack, B, H, prod, G3, p_begin, p_end);
+    part.sync();  // a row's norm reads every unit's product
     norm_rows(t, 0, kResetAfter ? 3 : 2);
-    if constexpr (!kResetAfter) {  // r * (h * drop) into src_buf, then the n product over it
-      for (int64_t b = 0; b < B; ++b)
+    if constexpr (!kResetAfter) {  // r * (h * drop), then the n product over it
+      for (int64_t b = b_begin; b < b_end; ++b)
         for (int64_t j0 = 0; j0 < H; j0 += N) {
           const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
           const V r = sigmoid_v(load<T>(gi + (t * B + b) * G3 + j0, n) + load<T>(normed + b * G3 + j0, n));
-          store<T>(src_buf + b * H + j0, r * load<T>(src + b * H + j0, n), n);
+          store<T>(rh + b * H + j0, r * load<T>(src_cur + b * H + j0, n), n);
         }
-      gate_products<T, 1>(src_buf, H, wn, B, H, prod + 2 * H, G3);
+      part.sync();
+      gate_products<T, 1>(rh, H, wn, B, H, prod + 2 * H, G3, p_begin, p_end);
+      part.sync();
       norm_rows(t, 2, 3);
     }
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
       const T* in = gi + (t * B + b) * G3;
       const T* nb = normed + b * G3;
       T* gs = kTrain ? gates + (t * B + b) * gate_stride : nullptr;
@@ -1209,7 +1217,9 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
         const V ng = tanh_v(load<T>(in + 2 * H + j0, n) + (kResetAfter ? r * hn : hn));
         V hnew = ng + z * (hp - ng);
         if (masks.zoneout()) hnew += masks.keep_at(t, B, H, b, j0, n) * (hp - hnew);
-        store<T>(h_next + b * H + j0, valid ? hnew : hp, n);
+        const V state = valid ? hnew : hp;
+        store<T>(h_next + b * H + j0, state, n);
+        if (drop) store<T>(src_next + b * H + j0, state * load<T>(drop + b * H + j0, n), n);
         store<T>(y + (t * B + b) * H + j0, valid ? hnew : V{}, n);
         if constexpr (kTrain) {  // every row: the backward reads r of rows past their length too
           store<T>(gs + j0, r, n);
@@ -1220,9 +1230,11 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
         }
       }
     }
+    part.sync();  // the next step's products read every row of the new state
     std::swap(h_cur, h_next);
+    std::swap(src_cur, src_next);
   }
-  std::memcpy(h_n, h_cur, sizeof(T) * B * H);
+  if (b_end > b_begin) std::memcpy(h_n + b_begin * H, h_cur + b_begin * H, sizeof(T) * (b_end - b_begin) * H);
 }
 
 // ------------------------------------------------------------------------------------------------ backward loop
@@ -1235,9 +1247,11 @@ struct NormGrad {
   const T* xhat;   // (T, B, 3H)
   const T* rstd;   // (T, B, 3)
   T* dprod;        // (T, B, 3H) out
-  // dprod of gates [g0, g1) of step t from the gradient of the norms' outputs, rows of stride 3H.
-  void backward(const T* dout, int64_t t, int64_t B, int64_t H, int g0, int g1) const {
-    for (int64_t b = 0; b < B; ++b)
+  // dprod of gates [g0, g1) of step t, batch rows [b_begin, b_end), from the gradient of the norms' outputs
+  // (rows of stride 3H).
+  void backward(const T* dout, int64_t t, int64_t B, int64_t H, int g0, int g1, int64_t b_begin,
+                int64_t b_end) const {
+    for (int64_t b = b_begin; b < b_end; ++b)
       for (int g = g0; g < g1; ++g) {
         const int64_t o = (t * B + b) * 3 * H + g * H;
         normalise_backward<T>(dout + o, xhat + o, rstd[(t * B + b) * 3 + g], gamma + g * H, H, dprod + o);
@@ -1255,7 +1269,7 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
                    T* dgh /* reset_after: (T, B, 3H) out, gradient of W_hh h (+ b_hh); else null (equals dgi) */,
                    T* dh0 /* (B, H) out */, T* work /* (2, B, H) scratch */, int64_t steps, int64_t B, int64_t H,
                    bool reverse, const Masks<T>& masks /* the forward's */,
-                   const NormGrad<T>* norm /* the layer-norm loop's (one thread only), or null */,
+                   const NormGrad<T>* norm /* the layer-norm loop's, or null */,
                    const Part& part /* this thread's share of the hidden-unit panels */) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
@@ -1332,7 +1346,10 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
     if constexpr (kResetAfter) {
       // Phase B: dh_prev += dgh W_hh over all 3H rows (dgh through the norms first, with layer norm).
       part.sync();  // phase B reads the gate gradients of every unit
-      if (norm) norm->backward(dgh, t, B, H, 0, 3);
+      if (norm) {  // by batch rows: a row's norm spans every unit
+        norm->backward(dgh, t, B, H, 0, 3, part.begin(B), part.end(B));
+        part.sync();
+      }
       const T* dsrc = norm ? norm->dprod : dgh;
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
@@ -1348,7 +1365,10 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
     } else {
       // Phase B1: d(r*h) = dn_pre W_hn; dr_pre from it, and its direct share of dh_prev.
       part.sync();  // phase B1 reads dn_pre of every unit
-      if (norm) norm->backward(dgi, t, B, H, 2, 3);
+      if (norm) {
+        norm->backward(dgi, t, B, H, 2, 3, part.begin(B), part.end(B));
+        part.sync();
+      }
       const T* dsrc = norm ? norm->dprod : dgi;
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
@@ -1371,7 +1391,10 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       }
       // Phase B2: dh_prev += [dr_pre, dz_pre] W_hrz.
       part.sync();  // phase B2 reads dr_pre and dz_pre of every unit
-      if (norm) norm->backward(dgi, t, B, H, 0, 2);
+      if (norm) {
+        norm->backward(dgi, t, B, H, 0, 2, part.begin(B), part.end(B));
+        part.sync();
+      }
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
@@ -1408,6 +1431,10 @@ int team_size(int64_t B, int64_t H, int64_t I, int64_t weight_bytes) {
   const double step_ns = std::max(2.0 * B * elements / kStepFlopsPerNs, elements * weight_bytes / kStepBytesPerNs);
   return at::get_num_threads() >= 2 && step_ns >= kSplitNs ? 2 : 1;
 }
+
+// The layer-norm loops split their norms by batch rows: one row runs on one thread, and the two extra barriers a
+// step cost more than half a step's products save (B = 1, H = 256, T = 64 training: 0.89x on two threads).
+int norm_team_size(int64_t B, int64_t H) { return B >= 2 ? team_size(B, H, 0, 4) : 1; }
 
 // The forward loop computes the input product itself (InputSide with no gi) when each packed weight panel serves
 // at least kFuseBatch rows, so the micro-kernel is compute-bound, and W_ih and W_hh together fit kFuseBytes (about
@@ -1697,7 +1724,7 @@ class Stepper {
     for (const auto& layer : layers_) inputs += layer.in;
     if (!reset_after_ && (!work_.defined() || work_.numel() < 3 * B * H_))  // grows with B, else no allocation
       work_ = at::detail::empty_cpu({3 * B * H_}, dtype_, false);
-    const int64_t norm_elements = 6 * B * 3 * H_ + 3 * B + 3 * B * H_;  // see norm_step
+    const int64_t norm_elements = 5 * B * 3 * H_ + 3 * B + 5 * B * H_;  // see norm_step
     if (has_norm_ && (!norm_work_.defined() || norm_work_.numel() < norm_elements))
       norm_work_ = at::detail::empty_cpu({norm_elements}, dtype_, false);
     AT_DISPATCH_FLOATING_TYPES(dtype_, "grukit_stepper", [&] {
@@ -1713,7 +1740,7 @@ class Stepper {
         const scalar_t* fold = w.fold.defined() ? w.fold.data_ptr<scalar_t>() : nullptr;
         const auto keep = static_cast<scalar_t>(keep_);
         if constexpr (std::is_same_v<Wt, scalar_t>) {
-          if (!w.norms.empty()) return norm_step<scalar_t>(w, in, h_l, y_out, out, B);  // one thread (see has_norm_)
+          if (!w.norms.empty()) return norm_step<scalar_t>(w, in, h_l, y_out, out, B, part);
         }
         if (reset_after_) {
           step_kernel<scalar_t, Wt>(in, h_l, wih, whh, fold, w.b_hn.defined() ? w.b_hn.data_ptr<scalar_t>() : nullptr,
@@ -1726,7 +1753,7 @@ class Stepper {
         }
       };
       const int64_t weight_bytes = bf16_ ? 2 : static_cast<int64_t>(sizeof(scalar_t));
-      const int threads = has_norm_ ? 1 : team_size(B * L, H_, inputs / L, weight_bytes);
+      const int threads = has_norm_ ? norm_team_size(B, H_) : team_size(B * L, H_, inputs / L, weight_bytes);
       grukit::Team::instance().run(threads, [&](const Part& part) {
         const scalar_t* in = x.data_ptr<scalar_t>();
         for (int64_t l = 0; l < L; ++l) {
@@ -1753,13 +1780,14 @@ class Stepper {
     std::vector<at::Tensor> norms;    // layer norm: gain_ih, bias_ih + b_ih, gain_hh, bias_hh + b_hh; else empty
   };
 
-  // One layer-norm layer's step (one thread): the input product from the packed W_ih, each gate's row normalised
-  // (plus its biases), then forward_loop_norm's single step over the packed W_hh, zoneout's expectation included.
+  // One layer-norm layer's step: the input product from the packed W_ih (this thread's panels), each gate's row
+  // normalised (plus its biases; this thread's rows), then forward_loop_norm's single step over the packed W_hh,
+  // zoneout's expectation included.
   // norm_work_: the raw input product, the normalised one, the norms' scratch (xhat (B, 3H), rstd (B, 3)) and the
-  // loop's work (3 B H + 2 B 3H).
+  // loop's work (5 B H + 2 B 3H).
   template <typename T>
   void norm_step(const Layer& w, const T* x /* (B, I) */, const T* h /* (B, H) */, T* y /* (B, H) */,
-                 T* h_n /* (B, H), may be y */, int64_t B) {
+                 T* h_n /* (B, H), may be y */, int64_t B, const Part& part) {
     const int64_t H = H_, G3 = 3 * H_;
     T* raw = norm_work_.data_ptr<T>();
     T* gi = raw + B * G3;
@@ -1768,8 +1796,10 @@ class Stepper {
     T* work = rstd + 3 * B;
     const T* gain_ih = w.norms[0].data_ptr<T>();
     const T* bias_ih = w.norms[1].data_ptr<T>();
-    gate_products<T, 3>(x, w.in, w.wih.data_ptr<T>(), B, H, raw, G3);
-    for (int64_t b = 0; b < B; ++b)
+    const int64_t P = (H + Simd<T>::N - 1) / Simd<T>::N;
+    gate_products<T, 3>(x, w.in, w.wih.data_ptr<T>(), B, H, raw, G3, part.begin(P), part.end(P));
+    part.sync();  // a row's norm reads every unit
+    for (int64_t b = part.begin(B); b < part.end(B); ++b)
       for (int g = 0; g < 3; ++g) {
         const int64_t o = b * G3 + g * H;
         normalise<T>(raw + o, H, gain_ih + g * H, bias_ih + g * H, xhat + o, rstd + b * 3 + g, gi + o);
@@ -1778,7 +1808,8 @@ class Stepper {
     Masks<T> masks;
     masks.keep_p = static_cast<T>(keep_);
     auto loop = reset_after_ ? forward_loop_norm<T, true, false> : forward_loop_norm<T, false, false>;
-    loop(gi, w.whh.data_ptr<T>(), norm, h, nullptr, y, h_n, nullptr, nullptr, work, 1, B, H, false, masks);
+    part.sync();  // the loop reads gi of every row
+    loop(gi, w.whh.data_ptr<T>(), norm, h, nullptr, y, h_n, nullptr, nullptr, work, 1, B, H, false, masks, part);
   }
 
   // An output tensor written in place: the expected shape and the weights' dtype, contiguous CPU, outside autograd
@@ -1804,7 +1835,7 @@ class Stepper {
   bool bf16_ = false;
   bool reset_after_ = true;
   double keep_ = 0;         // zoneout's expectation
-  bool has_norm_ = false;   // a layer-norm stack: one thread (forward_loop_norm's)
+  bool has_norm_ = false;   // a layer-norm layer: norm_step's buffers
   at::Tensor work_;  // reset_before: r * h, z and the input side of n, (3, B, H), shared by the layers
   at::Tensor norm_work_;  // layer norm: see norm_step
   int64_t H_ = 0;
@@ -2030,8 +2061,7 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
       grad = {norm[0].data_ptr<scalar_t>(), norm[1].data_ptr<scalar_t>(), norm[2].data_ptr<scalar_t>(),
               norm[3].data_ptr<scalar_t>()};
     auto loop = reset_after ? backward_loop<scalar_t, true> : backward_loop<scalar_t, false>;
-    // the layer norms' row reductions span every unit: their backward runs on one thread
-    const int threads = norm.empty() ? team_size(B, H, 0, hs.element_size()) : 1;
+    const int threads = norm.empty() ? team_size(B, H, 0, hs.element_size()) : norm_team_size(B, H);
     grukit::Team::instance().run(threads, [&](const Part& part) {
       // each thread packs the panels it alone reads (phase B's), so no barrier separates packing and loop
       pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>(), part.begin(P),
@@ -2116,7 +2146,7 @@ std::vector<at::Tensor> gru_forward_norm(const at::Tensor& gi_in, const at::Tens
   at::Tensor gates = train ? at::empty({T, B, (reset_after ? 4 : 3) * H}, opts) : at::Tensor();
   at::Tensor hs = train ? at::empty({T, B, H}, opts) : at::Tensor();
   at::Tensor xhat = at::empty({train ? T : 1, B, 3 * H}, opts), rstd = at::empty({train ? T : 1, B, 3}, opts);
-  at::Tensor work = at::empty({3 * B * H + 2 * B * 3 * H}, opts);
+  at::Tensor work = at::empty({5 * B * H + 2 * B * 3 * H}, opts);
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "grukit_gru_forward_norm", [&] {
     const at::Tensor wpack = pack_hh(w_hh, reset_after);
     const GateNorm<scalar_t> norm{gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), xhat.data_ptr<scalar_t>(),
@@ -2129,8 +2159,11 @@ std::vector<at::Tensor> gru_forward_norm(const at::Tensor& gi_in, const at::Tens
                                      : forward_loop_norm<scalar_t, true, false>)
                             : (train ? forward_loop_norm<scalar_t, false, true>
                                      : forward_loop_norm<scalar_t, false, false>);
-    loop(gi.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(), norm, h0.data_ptr<scalar_t>(), len,
-         y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, masks);
+    grukit::Team::instance().run(norm_team_size(B, H), [&](const Part& part) {
+      loop(gi.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(), norm, h0.data_ptr<scalar_t>(), len,
+           y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), gp, hp, work.data_ptr<scalar_t>(), T, B, H, reverse, masks,
+           part);
+    });
   });
   if (!train) xhat = rstd = at::Tensor();
   return {y, h_n, gates, hs, xhat, rstd};
