@@ -108,6 +108,11 @@ class GRU(StreamingMixin, nn.Module):
         self._fast_forward: Callable[..., tuple[Tensor, Tensor] | None] | None = None  # see _forward_stack
         self.reset_parameters()
 
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name != "training" and not name.startswith("_"):  # e.g. gru.zoneout = 0.2: the fast path assumed the old
+            self.__dict__["_fast_forward"] = None  # configuration; the next eval call rebuilds it
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.pop("_fast_forward", None)  # a builtin bound to this object's parameters: rebuilt on the next call

@@ -139,6 +139,21 @@ def test_a_replaced_parameter_sends_the_call_to_the_python_path_which_rebuilds_t
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("setting, value", [("zoneout", 0.3), ("reset_after", False), ("batch_first", True)])
+def test_a_changed_setting_drops_the_guard(setting, value):
+    """The guard assumed the module's settings when it was built: assigning one (gru.zoneout = 0.3) drops it, and
+    the next calls follow the new setting."""
+    torch.manual_seed(4)
+    gru, x = grukit.GRU(4, 5).eval(), torch.randn(3, 2, 4)
+    assert _guarded(gru, x)
+    setattr(gru, setting, value)
+    assert gru._fast_forward is None
+    with torch.no_grad():
+        got = gru(x)
+    for a, b in zip(got, _reference(gru, x), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "change",
     ["train", "grad", "input_grad", "forced", "pack_cache", "register", "autocast", "dtype", "width", "hx", "subclass"],
