@@ -92,7 +92,8 @@ class Stepper:
       - a new storage (``p.data = ...``, ``module.to(dtype)``) or a replaced parameter (``module.w = Parameter``);
       - ``module.train()``.
     It cannot see writes that bypass the version counter: ``p.data.add_(...)``, a NumPy array sharing the
-    storage, or a ``torch.Tensor.untyped_storage()`` write. After those, ``refresh()`` yourself.
+    storage, or a ``torch.Tensor.untyped_storage()`` write. After those, ``refresh()`` yourself; likewise after
+    assigning a setting such as ``module.zoneout`` (the fused stepper binds it with the weights).
     """
 
     def __init__(self, module: StreamingMixin, bf16: bool = False) -> None:
