@@ -89,10 +89,20 @@ def test_float32_benchmark_sizes_match_the_reference(hidden, batch, monkeypatch)
     _assert_same(gru, torch.randn(16, batch, hidden), torch.randn(1, batch, hidden), None, monkeypatch)
 
 
+@pytest.fixture
+def projection(request, extension):
+    """The input side's projection mode for one test (0: one GEMM, 2: the micro-kernel), then the default."""
+    extension.set_projection_mode(request.param)
+    yield request.param
+    extension.set_projection_mode(1)
+
+
+@pytest.mark.parametrize("projection", [0, 2], ids=["gemm", "micro-kernel"], indirect=True)
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_input_side_as_one_gemm_matches_the_reference(reset_after, bias, monkeypatch):
-    """W_ih beyond the micro-kernel's projection size at B < 8: one GEMM projects every step before the loop, into a
+def test_the_input_side_before_the_loop_matches_the_reference(projection, reset_after, bias, monkeypatch):
+    """W_ih of 703 KiB and 1.03 MiB at B < 8 (the loop fuses no projection): one GEMM, or the micro-kernel over all
+    steps (the default on AMD CPUs at any size, elsewhere up to 256 KiB), projects every step before the loop into a
     buffer reused across calls (the second, shorter call must not see the first call's projections)."""
     torch.manual_seed(1)
     gru = grukit.GRU(200, 300, num_layers=2, bias=bias, reset_after=reset_after)  # W_ih: 703 KiB and 1.03 MiB
