@@ -1459,7 +1459,7 @@ bool loop_ahead(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_byte
 // kProjectBytes: there it runs at MKL's rate or above (measured on an Intel Xeon, B in {1, 4}, T = 256: a few %
 // faster up to H = I = 128, slower from 192), and it spares the call into MKL, whose fixed cost and cold-cache cost
 // (its code and buffers evicted by whatever ran since the last call) reach 100 µs and more per call. On AMD CPUs it
-// serves every size: on an AMD EPYC, interleaved in one process against the GEMM (set_projection_mode), H = 1024 at
+// serves every size: on an AMD EPYC, interleaved in one process against the GEMM (bench/projection.py), H = 1024 at
 // B = 1 / 8 / 64 ran 1.09x / 1.12x / 1.06x faster on one thread, 1.12x / 1.20x at B = 1 / 8 on two (each thread
 // projects its own panels: no GEMM split to join), H = 512 at B = 8 1.13x.
 constexpr int64_t kProjectBytes = 256 << 10;
