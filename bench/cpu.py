@@ -184,6 +184,8 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
         stepper, rounded = gru.stepper(), gru.stepper(bf16=True)
         before = grukit.GRU(hidden, hidden, reset_after=False).eval().stepper()  # the other equation form
         normed = grukit.GRU(hidden, hidden, layer_norm=True, zoneout=0.1).eval().stepper()  # the norm layers
+        our_cell = grukit.GRUCell(hidden, hidden).eval()
+        our_cell.load_state_dict(cell.state_dict())
         fused = stepper._fused  # the bare C++ call: what is left without the stepper's Python
         outs = (torch.empty(1, hidden), torch.empty(1, 1, hidden))  # its outputs given: no allocation per call
         path = grukit.export_onnx(gru, Path(directory) / f"step_{hidden}.onnx", initial_state=True)
@@ -198,6 +200,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
         for threads in ARGS.threads:
             ours = {
                 "cell": lambda c=cell, x=x, h=h: c(x, h),
+                "our_cell": lambda c=our_cell, x=x, h=h: c(x, h),
                 "stepper": lambda s=stepper, x=x, h=state: s.step(x, h),
                 "bf16": lambda s=rounded, x=x, h=state: s.step(x, h),
                 "before": lambda s=before, x=x, h=state: s.step(x, h),
@@ -213,6 +216,7 @@ def streaming(hiddens: list[int], directory: str) -> list[dict]:
         with torch.no_grad():
             expected = cell(x, h)
             torch.testing.assert_close(stepper.step(x, state)[0], expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(our_cell(x, h), expected, atol=1e-5, rtol=0)
             torch.testing.assert_close(gru.step(x, state)[0], expected, atol=1e-5, rtol=0)
             medians = interleaved(fns, 15)
             xs = torch.randn(100, 1, hidden)
@@ -365,16 +369,19 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         "|y_bf16 - y_f32| over 100 steps of N(0, 1) inputs with the state carried; reset_after=False is the stepper "
         "of a GRU in the other equation form (r applied before W_hn: two phases per layer); layer_norm + zoneout is "
         "the stepper of a GRU(layer_norm=True, zoneout=0.1) (each gate's row normalised, one thread; zoneout's "
-        "expectation).",
+        "expectation); grukit.GRUCell is the drop-in cell with torch.nn.GRUCell's weights, eval under no_grad (the cpu "
+        "backend's fused stepper, bound on first use).",
         "",
-        "| H | torch.nn.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call | C++ call, out= | `gru.step` "
+        "| H | torch.nn.GRUCell | grukit.GRUCell | onnxruntime (T = 1) | grukit `stepper.step` | C++ call "
+        "| C++ call, out= | `gru.step` "
         "| stepper vs GRUCell | vs ort | bf16 stepper | bf16 vs float32 stepper | bf16 max error "
         "| reset_after=False stepper | layer_norm + zoneout stepper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in stream:
         lines.append(
-            f"| {r['H']} | {_us(r, f'cell@{one}')} | {_us(r, f'ort@{one}')} | {_us(r, f'stepper@{one}')} | "
+            f"| {r['H']} | {_us(r, f'cell@{one}')} | {_us(r, f'our_cell@{one}')} | {_us(r, f'ort@{one}')} | "
+            f"{_us(r, f'stepper@{one}')} | "
             f"{_us(r, f'call@{one}')} | {_us(r, f'call_out@{one}')} | {_us(r, f'step@{one}')} | "
             f"{_ratio(r, f'cell@{one}', f'stepper@{one}')} | "
             f"{_ratio(r, f'ort@{one}', f'stepper@{one}')} | {_us(r, f'bf16@{one}')} | "

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from operator import is_not
 
 import torch
 from torch import Tensor, nn
 
+from grukit.backends import dispatch
 from grukit.backends.contract import GRUConfig, GRUWeights
 from grukit.backends.dispatch import gru_backend
 from grukit.nn.checks import check_sizes
@@ -53,7 +57,17 @@ class GRUCell(nn.Module):
         if layer_norm:
             for name in _LN_NAMES:
                 self.register_parameter(name, nn.Parameter(torch.empty(gates, **factory)))
+        self._stepper: tuple | None = None  # see _fused_step
         self.reset_parameters()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_stepper", None)  # a native handle bound to this object's parameters: rebuilt on the next call
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._stepper = None
 
     def reset_parameters(self) -> None:
         """torch.nn.GRUCell's U(-1/√H, 1/√H) in the same order; layer-norm gains 1 and biases 0."""
@@ -105,9 +119,55 @@ class GRUCell(nn.Module):
                     f"Input batch size {x.size(0)} doesn't match hidden0 batch size {h.size(0)} "
                     "(arguments input and hx must hold the same batch)"
                 )
+        if not self.training and not torch.compiler.is_compiling():
+            h_new = self._fused_step(x, h)
+            if h_new is not None:
+                return h_new if batched else h_new.squeeze(0)
         config = GRUConfig(reset_after=self.reset_after, layer_norm=self.layer_norm, training=self.training)
         norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
         weights = GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
         sequence = x.unsqueeze(0)
         _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, weights, config)
         return h_new if batched else h_new.squeeze(0)
+
+    def _fused_step(self, x: Tensor, h: Tensor) -> Tensor | None:
+        """An eval call that records no autograd, x: (B, I), h: (B, H) -> (B, H), through the backend's fused stepper
+        (``make_stepper``: the cpu backend's, weights packed once), bound on first use and again after a parameter is
+        replaced or modified in place, a module setting changes, or dispatch would pick another backend; None hands
+        the call to the layer path (no such backend, autograd to record, another dtype: its checks and errors)."""
+        values = tuple(self._parameters.values())
+        weight = values[0]
+        if x.dtype != weight.dtype or h.dtype != weight.dtype or x.device != weight.device:
+            return None
+        if torch.is_grad_enabled() and (
+            x.requires_grad or h.requires_grad or any(p is not None and p.requires_grad for p in values)
+        ):
+            return None
+        head = (dispatch.GENERATION[0], os.environ.get(dispatch.ENV_VAR), self.reset_after, self.layer_norm)
+        for _ in range(2):  # a stale binding (a weight written in place) is rebound once
+            cached = self._stepper
+            if (
+                cached is None
+                or cached[0] != head
+                or len(cached[1]) != len(values)
+                or any(map(is_not, cached[1], values))
+            ):
+                self._stepper = cached = (head, values, self._bind_stepper(x))
+            step = cached[2]
+            if step is None:
+                return None
+            result = step(x, h.unsqueeze(0))
+            if result is not None:
+                return result[0]
+            self._stepper = None
+        return None
+
+    def _bind_stepper(self, x: Tensor) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | None] | None:
+        """The fused stepper of the backend dispatch picks for x (B, I), bound to the current weights, or None."""
+        config = GRUConfig(reset_after=self.reset_after, layer_norm=self.layer_norm)
+        make = getattr(gru_backend(x.unsqueeze(0), config, None), "make_stepper", None)
+        if make is None:
+            return None
+        norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
+        weights = GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
+        return make([weights], config, [p for p in self._parameters.values() if p is not None], False)

@@ -68,3 +68,60 @@ def test_cell_initialisation_matches_torch():
     for a, b in zip(ours.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
     assert repr(ours) == repr(reference)
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"reset_after": False}, {"layer_norm": True}])
+def test_eval_calls_without_autograd_match_the_layer_path(unbatched, kwargs, monkeypatch):
+    """Eval under no_grad runs the backend's fused stepper where it has one (the cpu backend), bound once: the same
+    numbers as the layer path, rebound after an in-place weight update or a replaced parameter."""
+    monkeypatch.delenv(grukit.backends.dispatch.ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    cell = grukit.GRUCell(5, 7, **kwargs).eval()
+    x = torch.randn(5) if unbatched else torch.randn(3, 5)
+    h = torch.randn(7) if unbatched else torch.randn(3, 7)
+
+    def layer_path() -> torch.Tensor:
+        with grukit.backends.dispatch.force("reference"), torch.no_grad():
+            return cell(x, h)
+
+    with torch.no_grad():
+        got, no_state = cell(x, h), cell(x)
+    fused = cell._stepper is not None and cell._stepper[2] is not None
+    assert fused == (
+        grukit.backends.dispatch.gru_backend(x.new_empty(1, 1, 5), grukit.backends.GRUConfig(), None).name == "cpu"
+    )
+    torch.testing.assert_close(got, layer_path(), atol=1e-6, rtol=0)
+    with grukit.backends.dispatch.force("reference"), torch.no_grad():
+        torch.testing.assert_close(no_state, cell(x), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        cell.weight_hh.mul_(-1.5)  # in place: the bound weights are stale
+        torch.testing.assert_close(cell(x, h), layer_path(), atol=1e-6, rtol=0)
+    cell.weight_ih = torch.nn.Parameter(torch.randn(21, 5))  # replaced
+    with torch.no_grad():
+        torch.testing.assert_close(cell(x, h), layer_path(), atol=1e-6, rtol=0)
+
+
+def test_eval_with_autograd_and_training_keep_the_layer_path():
+    """Gradients still flow in eval mode with grad enabled, and training never uses the bound stepper."""
+    torch.manual_seed(1)
+    cell = grukit.GRUCell(4, 6).eval()
+    x = torch.randn(2, 4, requires_grad=True)
+    cell(x).sum().backward()
+    assert x.grad is not None and cell.weight_hh.grad is not None
+    cell.train()
+    with torch.no_grad():
+        cell(x)
+    assert cell._stepper is None
+
+
+def test_a_used_cell_copies_and_pickles():
+    import copy
+    import pickle
+
+    cell = grukit.GRUCell(4, 6).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = cell(x)
+        for clone in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+            torch.testing.assert_close(clone(x), expected, atol=0, rtol=0)
