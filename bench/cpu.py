@@ -122,7 +122,9 @@ def sgemm_scaling(threads: int) -> float:
 
 def read_bandwidth(nbytes: int) -> float:
     """This machine's one-thread read bandwidth in bytes/s over a float32 buffer of ``nbytes`` (the size of W_hh):
-    torch.sum's median time less that of a 16-element sum (its call overhead), each repeated to take ~10 ms."""
+    torch.sum's median time less that of a 16-element sum (its call overhead), each repeated to take ~10 ms; 0.0
+    (the notes' bandwidth for that size, in floor_us) where the read takes under a quarter of the call overhead, too
+    short to time this way (about 50 KB: H = 64)."""
     torch.set_num_threads(1)
     big, tiny = torch.randn(nbytes // 4), torch.randn(16)
     repeat = max(1, int(4e7 // nbytes))
@@ -131,7 +133,8 @@ def read_bandwidth(nbytes: int) -> float:
         return lambda: [t.sum() for _ in range(repeat)]
 
     seconds = interleaved({"big": sums(big), "tiny": sums(tiny)}, 9)
-    return nbytes / max((seconds["big"] - seconds["tiny"]) / repeat, 1e-9)
+    read = seconds["big"] - seconds["tiny"]
+    return 0.0 if read < seconds["tiny"] / 4 else nbytes / (read / repeat)
 
 
 def inference(steps: int, batches: list[int], hiddens: list[int], directory: str, rate: float) -> list[dict]:
@@ -301,6 +304,10 @@ def training(configs: list[tuple[int, int, int]]) -> list[dict]:
     return rows
 
 
+def _gbps(bandwidth: float) -> str:
+    return f"{bandwidth / 1e9:.0f}" if bandwidth else "-"  # 0.0: too short to time (see read_bandwidth)
+
+
 def _ratio(row: dict, slower: str, faster: str) -> str:
     return f"{row[slower] / row[faster]:.2f}" if slower in row and faster in row else "-"
 
@@ -354,7 +361,7 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         lines.append(
             f"| {r['B']} | {r['H']} | {_us(r, f'torch@{one}')} | {_us(r, f'ort@{one}')} | {ours:.2f} | "
             f"{r['floor']:.2f} | {100 * r['floor'] / ours:.0f} % | {r['floor_here']:.2f} | "
-            f"{100 * r['floor_here'] / ours:.0f} % | {r['bandwidth'] / 1e9:.0f} | "
+            f"{100 * r['floor_here'] / ours:.0f} % | {_gbps(r['bandwidth'])} | "
             f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | "
             f"{_ratio(r, f'ort@{one}', f'grukit@{one}')} |"
         )
@@ -472,7 +479,8 @@ def main() -> None:
     header = [
         f"- Machine: {machine()}; kernels built for {ext.vector_bytes() * 8}-bit vectors; measured torch sgemm "
         f"{rate:.0f} GFLOP/s on one thread (the floor column assumes the notes' 96 and their AMD EPYC bandwidths; "
-        "'floor here' uses this rate and the read bandwidth measured here at the size of W_hh).",
+        "'floor here' uses this rate and the read bandwidth measured here at the size of W_hh, '-' where that read is "
+        "too short to time against torch.sum's call cost: then the notes' bandwidth).",
         f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
         "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
