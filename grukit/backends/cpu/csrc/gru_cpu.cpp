@@ -307,12 +307,10 @@ template <typename T>
 void pack_column_panels(const T* w /* (M, H) */, int64_t M, int64_t H, T* out /* (P, M, N) */, int64_t p_begin,
                         int64_t p_end) {
   constexpr int N = Simd<T>::N;
-  for (int64_t p = p_begin; p < p_end; ++p)
-    for (int64_t m = 0; m < M; ++m)
-      for (int l = 0; l < N; ++l) {
-        const int64_t j = p * N + l;
-        out[(p * M + m) * N + l] = j < H ? w[m * H + j] : T(0);
-      }
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    const int n = static_cast<int>(std::min<int64_t>(N, H - p * N));  // each row's N columns: one vector copied
+    for (int64_t m = 0; m < M; ++m) store<T>(out + (p * M + m) * N, load<T>(w + m * H + p * N, n), N);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ micro-kernel
