@@ -375,7 +375,7 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         "`gru.stepper(bf16=True)` (weights rounded to bfloat16, arithmetic in float32), its error the largest "
         "|y_bf16 - y_f32| over 100 steps of N(0, 1) inputs with the state carried; reset_after=False is the stepper "
         "of a GRU in the other equation form (r applied before W_hn: two phases per layer); layer_norm + zoneout is "
-        "the stepper of a GRU(layer_norm=True, zoneout=0.1) (each gate's row normalised, one thread; zoneout's "
+        "the stepper of a GRU(layer_norm=True, zoneout=0.1) (each gate's row normalised; zoneout's "
         "expectation); grukit.GRUCell is the drop-in cell with torch.nn.GRUCell's weights, eval under no_grad (the cpu "
         "backend's fused stepper, bound on first use).",
         "",

@@ -124,10 +124,8 @@ class GRUCell(nn.Module):
             if h_new is not None:
                 return h_new if batched else h_new.squeeze(0)
         config = GRUConfig(reset_after=self.reset_after, layer_norm=self.layer_norm, training=self.training)
-        norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
-        weights = GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
         sequence = x.unsqueeze(0)
-        _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, weights, config)
+        _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, self._weights(), config)
         return h_new if batched else h_new.squeeze(0)
 
     def _fused_step(self, x: Tensor, h: Tensor) -> Tensor | None:
@@ -168,6 +166,8 @@ class GRUCell(nn.Module):
         make = getattr(gru_backend(x.unsqueeze(0), config, None), "make_stepper", None)
         if make is None:
             return None
+        return make([self._weights()], config, [p for p in self._parameters.values() if p is not None], False)
+
+    def _weights(self) -> GRUWeights:
         norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
-        weights = GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
-        return make([weights], config, [p for p in self._parameters.values() if p is not None], False)
+        return GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)

@@ -230,7 +230,7 @@ class CpuBackend:
         all layers in one C++ call, or returns None once one of ``watched`` has a new version or storage;
         ``step(x_t, state, y_out, state_out)`` writes into those tensors instead and returns True (or None). Both
         equation forms (reset_after=False: two phases per layer, r * h between them), zoneout's eval expectation and
-        layer norm (one thread: each gate's row normalised). ``bf16`` packs the weights rounded to bfloat16 (float32
+        layer norm (each gate's row normalised). ``bf16`` packs the weights rounded to bfloat16 (float32
         without layer norm only: products, gates and state stay float32)."""
         if config.reverse or (bf16 and (weights[0].w_ih.dtype != torch.float32 or config.layer_norm)):
             return None

@@ -1107,6 +1107,18 @@ void normalise(const T* prod /* (H,) */, int64_t H, const T* gamma, const T* bet
   *rstd = rs;
 }
 
+// normalise() for batch rows [b_begin, b_end) and gates [g0, g1) of (B, 3H) products: xhat and out laid out as
+// prod, rstd (B, 3); gamma, beta (3H,).
+template <typename T>
+void normalise_rows(const T* prod, const T* gamma, const T* beta, int64_t H, int64_t b_begin, int64_t b_end, int g0,
+                    int g1, T* xhat, T* rstd, T* out) {
+  for (int64_t b = b_begin; b < b_end; ++b)
+    for (int g = g0; g < g1; ++g) {
+      const int64_t o = b * 3 * H + g * H;
+      normalise<T>(prod + o, H, gamma + g * H, beta + g * H, xhat + o, rstd + b * 3 + g, out + o);
+    }
+}
+
 // The gradient of one gate's layer norm: dprod from dout (the gradient of its output), its xhat and rstd.
 template <typename T>
 void normalise_backward(const T* dout /* (H,) */, const T* xhat, T rstd, const T* gamma, int64_t H,
@@ -1178,13 +1190,8 @@ void forward_loop_norm(const T* gi, const T* wpack, const GateNorm<T>& norm, con
   }
   part.sync();
   auto norm_rows = [&](int64_t t, int g0, int g1) {
-    T* xh = kTrain ? norm.xhat + t * B * G3 : norm.xhat;
-    T* rs = kTrain ? norm.rstd + t * B * 3 : norm.rstd;
-    for (int64_t b = b_begin; b < b_end; ++b)
-      for (int g = g0; g < g1; ++g) {
-        const int64_t o = b * G3 + g * H;
-        normalise<T>(prod + o, H, norm.gamma + g * H, norm.beta + g * H, xh + o, rs + b * 3 + g, normed + o);
-      }
+    normalise_rows<T>(prod, norm.gamma, norm.beta, H, b_begin, b_end, g0, g1,
+                      kTrain ? norm.xhat + t * B * G3 : norm.xhat, kTrain ? norm.rstd + t * B * 3 : norm.rstd, normed);
   };
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = reverse ? steps - 1 - s : s;
@@ -1813,16 +1820,11 @@ class Stepper {
     T* xhat = gi + B * G3;
     T* rstd = xhat + B * G3;
     T* work = rstd + 3 * B;
-    const T* gain_ih = w.norms[0].data_ptr<T>();
-    const T* bias_ih = w.norms[1].data_ptr<T>();
     const int64_t P = (H + Simd<T>::N - 1) / Simd<T>::N;
     gate_products<T, 3>(x, w.in, w.wih.data_ptr<T>(), B, H, raw, G3, part.begin(P), part.end(P));
     part.sync();  // a row's norm reads every unit
-    for (int64_t b = part.begin(B); b < part.end(B); ++b)
-      for (int g = 0; g < 3; ++g) {
-        const int64_t o = b * G3 + g * H;
-        normalise<T>(raw + o, H, gain_ih + g * H, bias_ih + g * H, xhat + o, rstd + b * 3 + g, gi + o);
-      }
+    normalise_rows<T>(raw, w.norms[0].data_ptr<T>(), w.norms[1].data_ptr<T>(), H, part.begin(B), part.end(B), 0, 3,
+                      xhat, rstd, gi);
     const GateNorm<T> norm{w.norms[2].data_ptr<T>(), w.norms[3].data_ptr<T>(), xhat, rstd};
     Masks<T> masks;
     masks.keep_p = static_cast<T>(keep_);
