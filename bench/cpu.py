@@ -281,9 +281,23 @@ def training(configs: list[tuple[int, int, int]]) -> list[dict]:
             y, h_n = module(x)
             (y.square().mean() + h_n.square().mean()).backward()
 
+        torch_cell = torch.nn.GRUCell(hidden, hidden)
+        our_cell = grukit.GRUCell(hidden, hidden)
+        our_cell.load_state_dict(torch_cell.state_dict())
+
+        def unrolled(cell, x=x):  # the decoder-style loop: one cell call per step, autograd through all of them
+            cell.zero_grad(set_to_none=True)
+            h, total = None, 0.0
+            for x_t in x:
+                h = cell(x_t, h)
+                total = total + h.square().mean()
+            total.backward()
+
         fns = {}
         for threads in ARGS.threads:
             fns.update(at_threads({"torch": lambda m=reference: step(m), "grukit": lambda m=gru: step(m)}, threads))
+        cells = {"cell_torch": lambda c=torch_cell: unrolled(c), "cell_grukit": lambda c=our_cell: unrolled(c)}
+        fns.update(at_threads(cells, min(ARGS.threads)))
         # the variants torch.nn.GRU lacks, on grukit's two backends (one thread)
         for variant, kwargs in VARIANTS.items():
             module = grukit.GRU(hidden, hidden, **kwargs)
@@ -337,7 +351,7 @@ def _streaming_line(row: dict) -> str:
 
 def _training_line(row: dict) -> str:
     parts = [f"{name}@{n} {row[f'{name}@{n}']:.2f} ms" for n in ARGS.threads for name in ("torch", "grukit")]
-    parts += [f"{key} {row[key]:.2f} ms" for key in row if key.startswith(tuple(VARIANTS))]
+    parts += [f"{key} {row[key]:.2f} ms" for key in row if key.startswith((*VARIANTS, "cell_"))]
     return f"train T={row['T']} B={row['B']} H={row['H']}: " + ", ".join(parts)
 
 
@@ -405,9 +419,9 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
     variant_header = "".join(f"| {v}: grukit reference | {v}: grukit cpu | {v}: cpu vs reference " for v in VARIANTS)
     lines.append(
         "| T, B, H | torch.nn.GRU | grukit cpu | speed-up vs torch | peak MiB torch | peak MiB grukit "
-        f"{variant_header}|"
+        f"{variant_header}| torch.nn.GRUCell, T calls | grukit.GRUCell, T calls | cell speed-up |"
     )
-    lines.append("|---" * (6 + 3 * len(VARIANTS)) + "|")
+    lines.append("|---" * (9 + 3 * len(VARIANTS)) + "|")
     for r in train:
         cells = "".join(
             f" {r[f'{v}_reference@{one}']:.2f} | {r[f'{v}_cpu@{one}']:.2f} | "
@@ -417,11 +431,16 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
         lines.append(
             f"| {r['T']}, {r['B']}, {r['H']} | {r[f'torch@{one}']:.2f} | {r[f'grukit@{one}']:.2f} | "
             f"{_ratio(r, f'torch@{one}', f'grukit@{one}')} | {_mib(r['mem_torch'])} | {_mib(r['mem_grukit'])} |{cells}"
+            f" {r[f'cell_torch@{one}']:.2f} | {r[f'cell_grukit@{one}']:.2f} | "
+            f"{_ratio(r, f'cell_torch@{one}', f'cell_grukit@{one}')} |"
         )
     lines.append(
         "\nVariants torch.nn.GRU lacks, grukit.GRU in training under GRUKIT_BACKEND=reference (the pure-PyTorch loop) "
         "and =cpu: masked is recurrent_dropout=0.25 with zoneout=0.1 (new masks every call, applied inside the fused "
-        "loop and its backward); layer_norm is layer_norm=True (the cpu backend's norm loop)."
+        "loop and its backward); layer_norm is layer_norm=True (the cpu backend's norm loop). The GRUCell columns "
+        "unroll the drop-in cells over the T steps, one call per step (a decoder's loop), and backpropagate "
+        "through all of them: each grukit call is a single fused step (weights read unpacked at B <= 4) "
+        "and its own backward."
     )
     for n in more:
         lines += _threads_tables(one, n, infer, stream, train)

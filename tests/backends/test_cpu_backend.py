@@ -299,6 +299,47 @@ def test_gru_cell_runs_on_the_cpu_backend(monkeypatch):
     torch.testing.assert_close(cell(x, h), expected, atol=1e-5, rtol=0)
 
 
+def _cell_run(backend: str, cell: torch.nn.Module, xs: torch.Tensor, h0: torch.Tensor, monkeypatch) -> list:
+    """A GRUCell unrolled over xs (T, B, I) in training: the outputs, and the gradients of xs, h0 and each weight."""
+    monkeypatch.setenv(dispatch.ENV_VAR, backend)
+    cell.zero_grad(set_to_none=True)
+    x, h = xs.detach().clone().requires_grad_(), h0.detach().clone().requires_grad_()
+    state, outs = h, []
+    for x_t in x:
+        state = cell(x_t, state)
+        outs.append(state)
+    y = torch.stack(outs)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return [y.detach(), x.grad, h.grad, *(p.grad for p in cell.parameters())]
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3, 4, 5])  # 5: past direct_batch, the packed loop
+@pytest.mark.parametrize("hidden", [16, 13])  # 16: W_hh's columns read in place by the backward; 13: packed
+def test_a_trained_single_step_matches_the_reference(dtype, atol, reset_after, bias, batch, hidden, monkeypatch):
+    """GRUCell training (T = 1 per call): the forward from the unpacked weights (B <= direct_batch) and the
+    backward with W_hh's columns read in place give the reference's outputs and every gradient."""
+    torch.manual_seed(batch + hidden)
+    cell = grukit.GRUCell(7, hidden, bias=bias, reset_after=reset_after, dtype=dtype)
+    xs, h0 = torch.randn(3, batch, 7, dtype=dtype), torch.randn(batch, hidden, dtype=dtype)
+    expected = _cell_run("reference", cell, xs, h0, monkeypatch)
+    got = _cell_run("cpu", cell, xs, h0, monkeypatch)
+    for i, (a, b) in enumerate(zip(expected, got, strict=True)):
+        torch.testing.assert_close(b, a, atol=atol, rtol=0, msg=lambda m, i=i: f"result {i}: {m}")
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("hidden", [8, 5])  # float64: 8 read in place, 5 packed
+def test_a_single_step_passes_gradcheck(reset_after, hidden, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(2)
+    gru = grukit.GRU(3, hidden, reset_after=reset_after, dtype=torch.float64)
+    x, h0 = torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(1, 2, hidden, dtype=torch.float64)
+    _gradcheck(gru, x, h0, None, fast_mode=False)
+
+
 @given(
     steps=st.integers(1, 20),
     batch=st.integers(1, 9),
@@ -734,6 +775,30 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
         assert after["barrier_sleeps"] - before["barrier_sleeps"] <= after["barrier_waits"] - before["barrier_waits"]
         for i, (a, b) in enumerate(zip(one, two, strict=True)):  # 0, 1: outputs, state; then the gradients
             assert torch.equal(a, b), f"{fn.__name__}: result {i} differs by {(a - b).abs().max().item():.3g}"
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("hidden", [256, 260])  # 256: W_hh read in place by the backward; 260: a tail panel, packed
+def test_a_single_step_splits_over_two_threads(reset_after, hidden, two_threads, monkeypatch):
+    """A trained single step (the forward from the unpacked weights, reset_before with its barrier between r and n)
+    and an eval one (ext.stack's step_direct), split or not: the same bits."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    torch.manual_seed(0)
+    cell = grukit.GRUCell(hidden, hidden, reset_after=reset_after)
+    gru = grukit.GRU(hidden, hidden, reset_after=reset_after).eval()
+    xs, h0 = torch.randn(2, 3, hidden), torch.randn(3, hidden)
+    ext = load_extension()
+
+    def both():
+        with torch.no_grad():
+            y, h_n = gru(xs[:1], h0.unsqueeze(0))
+        return [y, h_n, *_cell_run("cpu", cell, xs, h0, monkeypatch)]
+
+    jobs = ext.split_stats()["split_jobs"]
+    one, two = _unsplit_and_split(both)
+    assert ext.split_stats()["split_jobs"] >= jobs + 5  # the eval step, and each trained step's forward and backward
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
+        assert torch.equal(a, b), f"result {i} differs by {(a - b).abs().max().item():.3g}"
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

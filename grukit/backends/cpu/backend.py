@@ -20,11 +20,13 @@ tensor each call) are never cached, and the cache keeps at most ``PackCache.capa
 Calls that record autograd never use it (training changes the weights every step, and ``gradcheck`` perturbs them
 through ``.data``): the cache serves eval and ``no_grad`` calls.
 
-Eval / no-grad calls skip the autograd.Function. A single step (T = 1, no lengths) of at most ``direct_batch()``
-sequences without a cached pack runs ``ext.step_direct`` from the unpacked weights (packing them would cost more
-than the step). A single step (T = 1, reset_after, no lengths, every weight
-cacheable) runs ``ext.step``: both products from packed weights and the gate math in one kernel, with no GEMM
-call and no gi buffer.
+A single step (T = 1, no lengths, no masks) of at most ``direct_batch()`` sequences without a cached pack runs from
+the unpacked weights, in training too (``ext.forward`` then saves the gates as the loop does, and the backward reads
+W_hh's columns in place where H is a multiple of the vector width): packing them would cost more than the step
+(grukit.GRUCell in a decoder's training loop).
+Eval / no-grad calls skip the autograd.Function; an uncached eval single step is ``ext.step_direct``, and a cached one
+(reset_after, every weight cacheable) ``ext.step``: both products from packed weights and the gate math in one
+kernel, with no GEMM call and no gi buffer.
 
 A whole eval stack (``gru_stack``: every layer and direction, zero or given h0, h_n assembled, no lengths, no
 autograd recorded, pack cache off) is one C++ call (``ext.stack``). After the first such call the layer keeps

@@ -357,10 +357,12 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
     for (int g = 0; g < G; ++g) acc[r][g] += odd_acc[r][g];
 }
 
-// acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units.
+// acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units; kstride, the
+// distance between the panel's k rows, is G * N for a packed panel (H for one read in place from (M, H) W_hh).
 template <typename T, int R, int G>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
-                                 const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+                                 const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G],
+                                 int64_t kstride = G * Simd<T>::N) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   for (int r = 0; r < R; ++r)
@@ -370,26 +372,26 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
     V a1[G] = {}, a2[G] = {}, a3[G] = {};
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
-      const T* w = panel + k * G * N;
+      const T* w = panel + k * kstride;
       const V s0 = splat<T>(src[k]), s1 = splat<T>(src[k + 1]), s2 = splat<T>(src[k + 2]), s3 = splat<T>(src[k + 3]);
 #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
         acc[0][g] += s0 * load<T>(w + g * N, N);
-        a1[g] += s1 * load<T>(w + (G + g) * N, N);
-        a2[g] += s2 * load<T>(w + (2 * G + g) * N, N);
-        a3[g] += s3 * load<T>(w + (3 * G + g) * N, N);
+        a1[g] += s1 * load<T>(w + kstride + g * N, N);
+        a2[g] += s2 * load<T>(w + 2 * kstride + g * N, N);
+        a3[g] += s3 * load<T>(w + 3 * kstride + g * N, N);
       }
     }
     for (; k < K; ++k) {
       const V s = splat<T>(src[k]);
-      for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + (k * G + g) * N, N);
+      for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + k * kstride + g * N, N);
     }
     for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
   } else {
     for (int64_t k = 0; k < K; ++k) {
       V w[G];
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + (k * G + g) * N, N);
+      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + k * kstride + g * N, N);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const V s = splat<T>(src[r * ld + k]);
@@ -993,61 +995,117 @@ void step_kernel_before_n(const T* h0 /* (B, H) */, const W* whh /* as step_kern
 }
 
 // One time step straight from the unpacked weights, both equation forms, for a few sequences (B <= kDirectBatch)
-// without a packed-weight cache: each gate row is one vectorised dot product, so the call packs nothing, folds no
-// bias and makes no GEMM call (those cost more than the step itself at B = 1).
-constexpr int64_t kDirectBatch = 2;
+// without a packed-weight cache: each gate row is one vectorised dot product with every sequence's row (the weight
+// row read once for a block of rows), so the call packs nothing, folds no bias and makes no GEMM call (those cost
+// more than the step itself at small B). Serves eval steps and the training forward of a single step (GRUCell).
+constexpr int64_t kDirectBatch = 4;
 
-template <typename T>
-GRUKIT_INLINE T dot(const T* a /* (K,) */, const T* b /* (K,) */, int64_t K) {
+// out[r] = w . src_r over K for R rows of src (row stride ld): w read once for all rows, two chains per row.
+template <typename T, int R>
+GRUKIT_INLINE void dot_rows(const T* w /* (K,) */, const T* src /* (R, ld) */, int64_t ld, int64_t K, T (&out)[R]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  V acc0{}, acc1{};
+  V acc0[R], acc1[R];
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = V{};
   int64_t k = 0;
   for (; k + 2 * N <= K; k += 2 * N) {
-    acc0 += load<T>(a + k, N) * load<T>(b + k, N);
-    acc1 += load<T>(a + k + N, N) * load<T>(b + k + N, N);
+    const V w0 = load<T>(w + k, N), w1 = load<T>(w + k + N, N);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      acc0[r] += w0 * load<T>(src + r * ld + k, N);
+      acc1[r] += w1 * load<T>(src + r * ld + k + N, N);
+    }
   }
   for (; k < K; k += N) {
     const int n = static_cast<int>(std::min<int64_t>(N, K - k));
-    acc0 += load<T>(a + k, n) * load<T>(b + k, n);
+    const V w0 = load<T>(w + k, n);
+    for (int r = 0; r < R; ++r) acc0[r] += w0 * load<T>(src + r * ld + k, n);
   }
-  acc0 += acc1;
-  T sum = 0;
-  for (int i = 0; i < N; ++i) sum += acc0[i];
-  return sum;
+  for (int r = 0; r < R; ++r) {
+    const V a = acc0[r] + acc1[r];
+    T sum = 0;
+    for (int i = 0; i < N; ++i) sum += a[i];
+    out[r] = sum;
+  }
 }
 
+// The step for rows [0, B) and this thread's hidden units (its panels of N). pre (B, 4H) work: per row
+// [r, z, n, hn] pre-activations (reset_before: r, z, n with W_hn (r * h) added, then r * h, which n's product reads
+// after a barrier). gates: training's (B, 4H) [r, z, n, hn] or (B, 3H) [r, z, n] out, or null.
 template <typename T>
 void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const T* w_ih /* (3H, I) */,
                         const T* w_hh /* (3H, H) */, const T* b_ih /* (3H,) or null */,
                         const T* b_hh /* (3H,) or null */, bool reset_after, T* y /* (B, H) */,
-                        T* h_n /* (B, H) */, T* rh /* (H,) work: r * h, the other form's recurrent input */, int64_t B,
-                        int64_t I, int64_t H) {
+                        T* h_n /* (B, H) */, T* gates, T* pre, int64_t B, int64_t I, int64_t H, const Part& part) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  const int64_t P = (H + N - 1) / N;
+  const int64_t j_begin = part.begin(P) * N, j_end = std::min(part.end(P) * N, H);
+  const int64_t ld = 4 * H;
   auto bias = [](const T* b, int64_t j) { return b ? b[j] : T(0); };
-  auto sigmoid = [](T v) { return T(1) / (T(1) + std::exp(-v)); };
-  for (int64_t b = 0; b < B; ++b) {
-    const T* xb = x + b * I;
-    const T* hb = h0 + b * H;
-    if (!reset_after) {  // n needs W_hn (r * h): every unit's r first
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = sigmoid(dot(w_ih + j * I, xb, I) + bias(b_ih, j) + dot(w_hh + j * H, hb, H) + bias(b_hh, j));
-        rh[j] = r * hb[j];
+  for_row_blocks(B, [&](auto rows, int64_t b0) {
+    constexpr int R = decltype(rows)::value;
+    T* p = pre + b0 * ld;
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      for (int g = 0; g < 3; ++g) {
+        const int64_t row = g * H + j;
+        T a[R], c[R];
+        dot_rows<T, R>(w_ih + row * I, x + b0 * I, I, I, a);
+        if (g < 2 || reset_after) {
+          dot_rows<T, R>(w_hh + row * H, h0 + b0 * H, H, H, c);
+        }
+        for (int r = 0; r < R; ++r) {
+          if (g < 2) {
+            p[r * ld + row] = a[r] + c[r] + bias(b_ih, row) + bias(b_hh, row);
+          } else {
+            p[r * ld + row] = a[r] + bias(b_ih, row);
+            if (reset_after) p[r * ld + 3 * H + j] = c[r] + bias(b_hh, row);
+          }
+        }
       }
     }
-    for (int64_t j = 0; j < H; ++j) {
-      const T z = sigmoid(dot(w_ih + (H + j) * I, xb, I) + bias(b_ih, H + j) + dot(w_hh + (H + j) * H, hb, H) +
-                          bias(b_hh, H + j));
-      const T xn = dot(w_ih + (2 * H + j) * I, xb, I) + bias(b_ih, 2 * H + j);
-      T n;
-      if (reset_after) {
-        const T r = sigmoid(dot(w_ih + j * I, xb, I) + bias(b_ih, j) + dot(w_hh + j * H, hb, H) + bias(b_hh, j));
-        n = std::tanh(xn + r * (dot(w_hh + (2 * H + j) * H, hb, H) + bias(b_hh, 2 * H + j)));
-      } else {
-        n = std::tanh(xn + dot(w_hh + (2 * H + j) * H, rh, H) + bias(b_hh, 2 * H + j));
+  });
+  if (!reset_after) {  // r, and r * h for n's product, which reads every unit's
+    for (int64_t b = 0; b < B; ++b) {
+      T* p = pre + b * ld;
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += N) {
+        const int n = static_cast<int>(std::min<int64_t>(N, j_end - j0));
+        const V rg = sigmoid_v(load<T>(p + j0, n));
+        store<T>(p + j0, rg, n);
+        store<T>(p + 3 * H + j0, rg * load<T>(h0 + b * H + j0, n), n);
       }
-      const T hnew = n + z * (hb[j] - n);
-      y[b * H + j] = hnew;
-      h_n[b * H + j] = hnew;
+    }
+    part.sync();
+    for_row_blocks(B, [&](auto rows, int64_t b0) {
+      constexpr int R = decltype(rows)::value;
+      T* p = pre + b0 * ld;
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        T c[R];
+        dot_rows<T, R>(w_hh + (2 * H + j) * H, p + 3 * H, ld, H, c);
+        for (int r = 0; r < R; ++r) p[r * ld + 2 * H + j] += c[r] + bias(b_hh, 2 * H + j);
+      }
+    });
+  }
+  const int64_t gate_stride = reset_after ? 4 * H : 3 * H;
+  for (int64_t b = 0; b < B; ++b) {
+    const T* p = pre + b * ld;
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += N) {
+      const int n = static_cast<int>(std::min<int64_t>(N, j_end - j0));
+      const V rg = reset_after ? sigmoid_v(load<T>(p + j0, n)) : load<T>(p + j0, n);
+      const V zg = sigmoid_v(load<T>(p + H + j0, n));
+      const V hn = load<T>(p + 3 * H + j0, n);
+      const V ng = reset_after ? tanh_v(load<T>(p + 2 * H + j0, n) + rg * hn) : tanh_v(load<T>(p + 2 * H + j0, n));
+      const V hp = load<T>(h0 + b * H + j0, n);
+      const V hnew = ng + zg * (hp - ng);
+      store<T>(y + b * H + j0, hnew, n);
+      store<T>(h_n + b * H + j0, hnew, n);
+      if (gates) {
+        T* gs = gates + b * gate_stride + j0;
+        store<T>(gs, rg, n);
+        store<T>(gs + H, zg, n);
+        store<T>(gs + 2 * H, ng, n);
+        if (reset_after) store<T>(gs + 3 * H, hn, n);
+      }
     }
   }
 }
@@ -1270,7 +1328,8 @@ template <typename T, bool kResetAfter>
 void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) or null */,
                    const T* gates /* reset_after (T, B, 4H) [r, z, n, hn]; else (T, B, 3H) [r, z, n] */,
                    const T* hs /* (T, B, H) state entering each step */,
-                   const T* wpack /* (P, 3H, N): the columns of W_hh, packed by pack_column_panels */,
+                   const T* wcols /* the columns of W_hh: packed (P, 3H, N) by pack_column_panels, or W_hh itself */,
+                   int64_t row_stride /* N packed, H in place */, int64_t panel_stride /* 3H * N packed, N in place */,
                    const int64_t* lengths /* (B,) or null */,
                    T* dgi /* (T, B, 3H) out: gradient of the gate pre-activations on the input side */,
                    T* dgh /* reset_after: (T, B, 3H) out, gradient of W_hh h (+ b_hh); else null (equals dgi) */,
@@ -1361,11 +1420,11 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-        const T* panel = wpack + p * G3 * N;
+        const T* panel = wcols + p * panel_stride;
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, G3, panel, acc);
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, G3, panel, acc, row_stride);
           for (int r = 0; r < R; ++r) add_product_grad(dh_next + (b0 + r) * H + j0, acc[r][0], b0 + r, j0, n);
         });
       }
@@ -1380,11 +1439,11 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-        const T* panel = wpack + (p * G3 + 2 * H) * N;
+        const T* panel = wcols + p * panel_stride + 2 * H * row_stride;
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3 + 2 * H, G3, H, panel, acc);
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3 + 2 * H, G3, H, panel, acc, row_stride);
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
             const V rg = load<T>(gates + (t * B + b) * gate_stride + j0, n);
@@ -1405,11 +1464,11 @@ void backward_loop(const T* dy /* (T, B, H) or null */, const T* dh_n /* (B, H) 
       for (int64_t p = p_begin; p < p_end; ++p) {
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-        const T* panel = wpack + p * G3 * N;
+        const T* panel = wcols + p * panel_stride;
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, 2 * H, panel, acc);
+          panel_product<T, R, 1>(dsrc + (t * B + b0) * G3, G3, 2 * H, panel, acc, row_stride);
           for (int r = 0; r < R; ++r) add_product_grad(dh_next + (b0 + r) * H + j0, acc[r][0], b0 + r, j0, n);
         });
       }
@@ -1610,11 +1669,12 @@ std::vector<at::Tensor> gru_step(const at::Tensor& x_in /* (1, B, I) */, const a
   return {y, h_n};
 }
 
-// One eval step from the unpacked weights (direct_step_kernel): x (1, B, I) with B <= kDirectBatch, h0 (B, H),
-// both biases or none -> (y (1, B, H), h_n (B, H)).
-std::vector<at::Tensor> gru_step_direct(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
-                                        const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih_in,
-                                        const std::optional<at::Tensor>& b_hh_in, bool reset_after) {
+// One step from the unpacked weights (direct_step_kernel): x (1, B, I) with B <= kDirectBatch, h0 (B, H), both
+// biases or none -> (y (1, B, H), h_n (B, H), and with train the gates (1, B, 4H or 3H) and the state entering the
+// step (1, B, H) as gru_forward saves them). Split over two threads like the loops (team_size).
+std::vector<at::Tensor> direct_step(const at::Tensor& x_in, const at::Tensor& h0_in, const at::Tensor& w_ih_in,
+                                    const at::Tensor& w_hh_in, const std::optional<at::Tensor>& b_ih_in,
+                                    const std::optional<at::Tensor>& b_hh_in, bool reset_after, bool train) {
   check_inputs(x_in, h0_in, w_ih_in, w_hh_in);
   TORCH_CHECK(x_in.size(0) == 1 && x_in.size(1) <= kDirectBatch, "grukit cpu step_direct: x must be (1, B <= ",
               kDirectBatch, ", I)");
@@ -1630,14 +1690,28 @@ std::vector<at::Tensor> gru_step_direct(const at::Tensor& x_in, const at::Tensor
   const auto dtype = x.scalar_type();
   at::Tensor y = at::detail::empty_cpu({1, B, H}, dtype, false);
   at::Tensor h_n = at::detail::empty_cpu({B, H}, dtype, false);
-  at::Tensor rh = at::detail::empty_cpu({H}, dtype, false);
+  at::Tensor pre = at::detail::empty_cpu({B, 4 * H}, dtype, false);
+  at::Tensor gates = train ? at::empty({1, B, (reset_after ? 4 : 3) * H}, x.options()) : at::Tensor();
+  at::Tensor hs = train ? h0.clone().view({1, B, H}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "grukit_gru_step_direct", [&] {
-    direct_step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(),
-                                 w_hh.data_ptr<scalar_t>(), b_ih.defined() ? b_ih.data_ptr<scalar_t>() : nullptr,
-                                 b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, reset_after,
-                                 y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), rh.data_ptr<scalar_t>(), B, I, H);
+    grukit::Team::instance().run(team_size(B, H, I, x.element_size()), [&](const Part& part) {
+      direct_step_kernel<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_ih.data_ptr<scalar_t>(),
+                                   w_hh.data_ptr<scalar_t>(), b_ih.defined() ? b_ih.data_ptr<scalar_t>() : nullptr,
+                                   b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, reset_after,
+                                   y.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(),
+                                   train ? gates.data_ptr<scalar_t>() : nullptr, pre.data_ptr<scalar_t>(), B, I, H,
+                                   part);
+    });
   });
-  return {y, h_n};
+  return {y, h_n, gates, hs};
+}
+
+// The eval entry of direct_step: (y (1, B, H), h_n (B, H)).
+std::vector<at::Tensor> gru_step_direct(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                        const std::optional<at::Tensor>& b_hh, bool reset_after) {
+  auto out = direct_step(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after, false);
+  return {out[0], out[1]};
 }
 
 // W (3H, K) of float32 packed like pack_ih / pack_hh(w, three_gates), rounded to bfloat16 in pairs along k: (P,
@@ -1914,6 +1988,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
   const at::Tensor drop = mask_input(drop_in, x, {B, H}, "drop");
   const at::Tensor keep = mask_input(keep_in, x, {T, B, H}, "keep");
   const bool masked = drop.defined() || keep.defined() || keep_p != 0;
+  if (T == 1 && B <= kDirectBatch && !masked && !lengths_in.has_value() && !wpack_in.has_value() &&
+      b_ih.has_value() == b_hh.has_value())  // a single step: packing would cost more than the step
+    return direct_step(x, h0, w_ih, w_hh, b_ih, b_hh, reset_after, train);
   at::Tensor fold, b_hn;
   if (fold_in.has_value()) {  // biases folded once by the caller's cache
     check_folded(*fold_in, b_hn_in, x, H, reset_after);
@@ -2075,7 +2152,11 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "grukit_gru_backward", [&] {
     constexpr int N = Simd<scalar_t>::N;
     const int64_t P = (H + N - 1) / N;
-    at::Tensor wpack = reusable(1, P * 3 * H * N, opts);
+    // W_hh's columns are read in place where each panel's rows are whole aligned vectors (H a multiple of N) and
+    // the loop reads them once (T = 1): packing them would cost as much as the step
+    const bool in_place = T == 1 && H % N == 0;
+    at::Tensor wpack = in_place ? at::Tensor() : reusable(1, P * 3 * H * N, opts);
+    const scalar_t* wcols = in_place ? w_hh.data_ptr<scalar_t>() : wpack.data_ptr<scalar_t>();
     const Masks<scalar_t> masks = make_masks<scalar_t>(drop, keep, keep_p);
     NormGrad<scalar_t> grad{};
     if (!norm.empty())
@@ -2085,10 +2166,11 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
     const int threads = norm.empty() ? team_size(B, H, 0, hs.element_size()) : norm_team_size(B, H);
     grukit::Team::instance().run(threads, [&](const Part& part) {
       // each thread packs the panels it alone reads (phase B's), so no barrier separates packing and loop
-      pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>(), part.begin(P),
-                                   part.end(P));
+      if (!in_place)
+        pack_column_panels<scalar_t>(w_hh.data_ptr<scalar_t>(), 3 * H, H, wpack.data_ptr<scalar_t>(), part.begin(P),
+                                     part.end(P));
       loop(dy.defined() ? dy.data_ptr<scalar_t>() : nullptr, dh_n.defined() ? dh_n.data_ptr<scalar_t>() : nullptr,
-           gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), wpack.data_ptr<scalar_t>(),
+           gates.data_ptr<scalar_t>(), hs.data_ptr<scalar_t>(), wcols, in_place ? H : N, in_place ? N : 3 * H * N,
            lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr, dgi.data_ptr<scalar_t>(),
            reset_after ? dgh.data_ptr<scalar_t>() : nullptr, dh0.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(), T,
            B, H, reverse, masks, norm.empty() ? nullptr : &grad, part);
