@@ -299,11 +299,14 @@ def test_gru_cell_runs_on_the_cpu_backend(monkeypatch):
     torch.testing.assert_close(cell(x, h), expected, atol=1e-5, rtol=0)
 
 
-def _cell_run(backend: str, cell: torch.nn.Module, xs: torch.Tensor, h0: torch.Tensor, monkeypatch) -> list:
-    """A GRUCell unrolled over xs (T, B, I) in training: the outputs, and the gradients of xs, h0 and each weight."""
+def _cell_run(
+    backend: str, cell: torch.nn.Module, xs: torch.Tensor, h0: torch.Tensor, monkeypatch, x_grad: bool = True
+) -> list:
+    """A GRUCell unrolled over xs (T, B, I) in training: the outputs, and the gradients of xs (None unless x_grad),
+    h0 and each weight."""
     monkeypatch.setenv(dispatch.ENV_VAR, backend)
     cell.zero_grad(set_to_none=True)
-    x, h = xs.detach().clone().requires_grad_(), h0.detach().clone().requires_grad_()
+    x, h = xs.detach().clone().requires_grad_(x_grad), h0.detach().clone().requires_grad_()
     state, outs = h, []
     for x_t in x:
         state = cell(x_t, state)
@@ -317,15 +320,19 @@ def _cell_run(backend: str, cell: torch.nn.Module, xs: torch.Tensor, h0: torch.T
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3, 4, 5])  # 5: past direct_batch, the packed loop
-@pytest.mark.parametrize("hidden", [16, 13])  # 16: W_hh's columns read in place by the backward; 13: packed
-def test_a_trained_single_step_matches_the_reference(dtype, atol, reset_after, bias, batch, hidden, monkeypatch):
-    """GRUCell training (T = 1 per call): the forward from the unpacked weights (B <= direct_batch) and the
-    backward with W_hh's columns read in place give the reference's outputs and every gradient."""
+@pytest.mark.parametrize("hidden, inputs", [(16, 16), (13, 7)])  # 16: columns read whole vectors; 13, 7: tails
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_a_trained_single_step_matches_the_reference(
+    dtype, atol, reset_after, bias, batch, hidden, inputs, x_grad, monkeypatch
+):
+    """GRUCell training (T = 1 per call): the forward from the unpacked weights (B <= direct_batch), the backward
+    with W_hh's columns read in place and the weight gradients, bias sums and dx without GEMM calls (T * B <= 8)
+    give the reference's outputs and every gradient."""
     torch.manual_seed(batch + hidden)
-    cell = grukit.GRUCell(7, hidden, bias=bias, reset_after=reset_after, dtype=dtype)
-    xs, h0 = torch.randn(3, batch, 7, dtype=dtype), torch.randn(batch, hidden, dtype=dtype)
-    expected = _cell_run("reference", cell, xs, h0, monkeypatch)
-    got = _cell_run("cpu", cell, xs, h0, monkeypatch)
+    cell = grukit.GRUCell(inputs, hidden, bias=bias, reset_after=reset_after, dtype=dtype)
+    xs, h0 = torch.randn(3, batch, inputs, dtype=dtype), torch.randn(batch, hidden, dtype=dtype)
+    expected = _cell_run("reference", cell, xs, h0, monkeypatch, x_grad)
+    got = _cell_run("cpu", cell, xs, h0, monkeypatch, x_grad)
     for i, (a, b) in enumerate(zip(expected, got, strict=True)):
         torch.testing.assert_close(b, a, atol=atol, rtol=0, msg=lambda m, i=i: f"result {i}: {m}")
 

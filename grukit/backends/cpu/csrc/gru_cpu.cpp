@@ -2179,6 +2179,100 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
   return {dgi, dgh, dh0};
 }
 
+// Up to kSmallRows rows of gradients (T * B: a single step of a few sequences, a GRUCell call) a GEMM call costs more
+// than its arithmetic: the backward's weight gradients, bias sums and dx are then these loops.
+constexpr int64_t kSmallRows = 8;
+
+// out (rows, K) = g[:, :rows]^T src: out[k][:] = sum_m g[m][k] * src[m][:], g (M, ldg), src (M, K), M <= kSmallRows.
+template <typename T>
+void small_outer(const T* g, int64_t ldg, const T* src, int64_t M, int64_t K, int64_t rows, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V s[kSmallRows];
+  for (int64_t k = 0; k < rows; ++k) {
+    for (int64_t m = 0; m < M; ++m) s[m] = splat<T>(g[m * ldg + k]);
+    int64_t c = 0;
+    for (; c + 4 * N <= K; c += 4 * N) {  // four independent sums over m: the FMA latency hidden
+      V acc[4];
+      for (int i = 0; i < 4; ++i) acc[i] = s[0] * load<T>(src + c + i * N, N);
+      for (int64_t m = 1; m < M; ++m)
+        for (int i = 0; i < 4; ++i) acc[i] += s[m] * load<T>(src + m * K + c + i * N, N);
+      for (int i = 0; i < 4; ++i) store<T>(out + k * K + c + i * N, acc[i], N);
+    }
+    for (; c < K; c += N) {
+      const int n = static_cast<int>(std::min<int64_t>(N, K - c));
+      V acc = s[0] * load<T>(src + c, n);
+      for (int64_t m = 1; m < M; ++m) acc += s[m] * load<T>(src + m * K + c, n);
+      store<T>(out + k * K + c, acc, n);
+    }
+  }
+}
+
+// out (M, K) = g (M, rows) w (rows, K), g of row stride ldg: w's columns read in place, N at a time (the panel
+// micro-kernel over whole vectors, masked loads for the tail).
+template <typename T>
+void small_product(const T* g, int64_t ldg, int64_t M, const T* w, int64_t rows, int64_t K, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  for (int64_t c = 0; c < K; c += N) {
+    const int n = static_cast<int>(std::min<int64_t>(N, K - c));
+    if (n == N) {
+      for_row_blocks(M, [&](auto block, int64_t m0) {
+        constexpr int R = decltype(block)::value;
+        V acc[R][1];
+        panel_product<T, R, 1>(g + m0 * ldg, ldg, rows, w + c, acc, K);
+        for (int r = 0; r < R; ++r) store<T>(out + (m0 + r) * K + c, acc[r][0], N);
+      });
+      continue;
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      V acc{};
+      for (int64_t k = 0; k < rows; ++k) acc += splat<T>(g[m * ldg + k]) * load<T>(w + k * K + c, n);
+      store<T>(out + m * K + c, acc, n);
+    }
+  }
+}
+
+// The backward's products after the loop for M <= kSmallRows rows: (dx or empty, dw_ih, dw_hh, db_ih, db_hh or
+// empties); shapes and meaning as gru_backward's GEMMs (dgi2, dgh2 (M, 3H); x2 (M, I); hs2 (M, H) what the recurrent
+// products read; rh (M, H) r * that, reset_before only).
+std::vector<at::Tensor> small_weight_grads(const at::Tensor& dgi2, const at::Tensor& dgh2, const at::Tensor& x2,
+                                           const at::Tensor& hs2, const at::Tensor& rh, const at::Tensor& w_ih,
+                                           bool reset_after, bool has_bias, bool need_dx) {
+  const int64_t M = dgi2.size(0), G3 = dgi2.size(1), H = G3 / 3, I = x2.size(1);
+  const auto opts = dgi2.options();
+  at::Tensor dx = need_dx ? at::empty({M, I}, opts) : at::Tensor();
+  at::Tensor dw_ih = at::empty({G3, I}, opts), dw_hh = at::empty({G3, H}, opts);
+  at::Tensor db_ih = has_bias ? at::empty({G3}, opts) : at::Tensor();
+  at::Tensor db_hh = has_bias ? at::empty({G3}, opts) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dgi2.scalar_type(), "grukit_small_weight_grads", [&] {
+    const scalar_t* gi = dgi2.data_ptr<scalar_t>();
+    const scalar_t* gh = dgh2.data_ptr<scalar_t>();
+    small_outer<scalar_t>(gi, G3, x2.data_ptr<scalar_t>(), M, I, G3, dw_ih.data_ptr<scalar_t>());
+    if (reset_after) {
+      small_outer<scalar_t>(gh, G3, hs2.data_ptr<scalar_t>(), M, H, G3, dw_hh.data_ptr<scalar_t>());
+    } else {  // r and z read h, n reads r * h
+      small_outer<scalar_t>(gi, G3, hs2.data_ptr<scalar_t>(), M, H, 2 * H, dw_hh.data_ptr<scalar_t>());
+      small_outer<scalar_t>(gi + 2 * H, G3, rh.data_ptr<scalar_t>(), M, H, H, dw_hh.data_ptr<scalar_t>() + 2 * H * H);
+    }
+    if (has_bias) {
+      scalar_t* bi = db_ih.data_ptr<scalar_t>();
+      scalar_t* bh = db_hh.data_ptr<scalar_t>();
+      for (int64_t k = 0; k < G3; ++k) {
+        scalar_t a = 0, b = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          a += gi[m * G3 + k];
+          b += gh[m * G3 + k];
+        }
+        bi[k] = a;
+        bh[k] = b;
+      }
+    }
+    if (need_dx) small_product<scalar_t>(gi, G3, M, w_ih.data_ptr<scalar_t>(), G3, I, dx.data_ptr<scalar_t>());
+  });
+  return {dx, dw_ih, dw_hh, db_ih, db_hh};
+}
+
 // Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); dx is empty unless need_dx, the biases unless has_bias.
 std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (T, B, H) */,
                                      const std::optional<at::Tensor>& dh_n_in /* (B, H) */,
@@ -2200,6 +2294,13 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   const at::Tensor dgi2 = dgi.view({T * B, 3 * H});
   // what the recurrent products read: the state entering each step, times the recurrent-dropout mask
   const at::Tensor hs2 = drop.defined() ? (hs * drop).view({T * B, H}) : hs.view({T * B, H});
+  // reset_before: n's product read r * h entering each step
+  const at::Tensor rh = reset_after ? at::Tensor() : gates.view({T * B, 3 * H}).narrow(1, 0, H) * hs2;
+  if (T * B > 0 && T * B <= kSmallRows) {
+    auto grads = small_weight_grads(dgi2, dgh.view({T * B, 3 * H}), x.view({T * B, I}), hs2, rh, w_ih, reset_after,
+                                    has_bias, need_dx);
+    return {need_dx ? grads[0].view({T, B, I}) : grads[0], dh0, grads[1], grads[2], grads[3], grads[4]};
+  }
   at::Tensor dx = need_dx ? at::mm(dgi2, w_ih).view({T, B, I}) : at::Tensor();
   at::Tensor dw_ih = at::mm(dgi2.t(), x.view({T * B, I}));
   at::Tensor dw_hh;
@@ -2209,7 +2310,6 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
     dw_hh = at::mm(dgh2.t(), hs2);
     if (has_bias) db_hh = dgh2.sum(0);
   } else {
-    const at::Tensor rh = gates.view({T * B, 3 * H}).narrow(1, 0, H) * hs2;  // r * h entering each step
     dw_hh = at::cat({at::mm(dgi2.narrow(1, 0, 2 * H).t(), hs2), at::mm(dgi2.narrow(1, 2 * H, H).t(), rh)});
   }
   if (has_bias) {
