@@ -338,6 +338,18 @@ def test_a_trained_single_step_matches_the_reference(
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("steps, batch", [(32, 4), (33, 4)])  # T * B = 128: grukit's loops; 132: GEMM calls
+@pytest.mark.parametrize("hidden, inputs", [(48, 48), (13, 7)])  # whole vectors of columns; tails
+def test_the_weight_gradients_on_both_sides_of_the_gemm_rule(reset_after, steps, batch, hidden, inputs, monkeypatch):
+    """The backward's weight gradients, bias sums and dx come from grukit's own products up to 128 rows (T * B) and
+    from GEMM calls past them: both match the reference."""
+    torch.manual_seed(steps)
+    gru = grukit.GRU(inputs, hidden, reset_after=reset_after)
+    x, h0 = torch.randn(steps, batch, inputs), torch.randn(1, batch, hidden)
+    _assert_same(gru, x, h0, None, monkeypatch, atol=2e-5)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("hidden", [8, 5])  # float64: 8 read in place, 5 packed
 def test_a_single_step_passes_gradcheck(reset_after, hidden, monkeypatch):
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")

@@ -358,11 +358,12 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
 }
 
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units; kstride, the
-// distance between the panel's k rows, is G * N for a packed panel (H for one read in place from (M, H) W_hh).
+// distance between the panel's k rows, is G * N for a packed panel (H for one read in place from (M, H) W_hh);
+// src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk the row length: the columns of a matrix).
 template <typename T, int R, int G>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
                                  const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G],
-                                 int64_t kstride = G * Simd<T>::N) {
+                                 int64_t kstride = G * Simd<T>::N, int64_t sk = 1) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   for (int r = 0; r < R; ++r)
@@ -373,7 +374,8 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
     int64_t k = 0;
     for (; k + 4 <= K; k += 4) {
       const T* w = panel + k * kstride;
-      const V s0 = splat<T>(src[k]), s1 = splat<T>(src[k + 1]), s2 = splat<T>(src[k + 2]), s3 = splat<T>(src[k + 3]);
+      const V s0 = splat<T>(src[k * sk]), s1 = splat<T>(src[(k + 1) * sk]), s2 = splat<T>(src[(k + 2) * sk]),
+              s3 = splat<T>(src[(k + 3) * sk]);
 #pragma GCC unroll 4
       for (int g = 0; g < G; ++g) {
         acc[0][g] += s0 * load<T>(w + g * N, N);
@@ -383,7 +385,7 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
       }
     }
     for (; k < K; ++k) {
-      const V s = splat<T>(src[k]);
+      const V s = splat<T>(src[k * sk]);
       for (int g = 0; g < G; ++g) acc[0][g] += s * load<T>(panel + k * kstride + g * N, N);
     }
     for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
@@ -394,7 +396,7 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
       for (int g = 0; g < G; ++g) w[g] = load<T>(panel + k * kstride + g * N, N);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const V s = splat<T>(src[r * ld + k]);
+        const V s = splat<T>(src[r * ld + k * sk]);
 #pragma GCC unroll 4
         for (int g = 0; g < G; ++g) acc[r][g] += s * w[g];
       }
@@ -2179,99 +2181,97 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
   return {dgi, dgh, dh0};
 }
 
-// Up to kSmallRows rows of gradients (T * B: a single step of a few sequences, a GRUCell call) a GEMM call costs more
-// than its arithmetic: the backward's weight gradients, bias sums and dx are then these loops.
-constexpr int64_t kSmallRows = 8;
-
-// out (rows, K) = g[:, :rows]^T src: out[k][:] = sum_m g[m][k] * src[m][:], g (M, ldg), src (M, K), M <= kSmallRows.
+// out[r][:] = a[r][:Kd] . b for the rows [r_begin, r_end) of out (rows, K) and its columns [c_begin, c_end) (all by
+// default; c_begin a multiple of N): a[r][k] at a[r * lda + k * sk] (a's rows,
+// or with lda = 1 the columns of a matrix: a transposed for free), b (Kd, K) row-major,
+// read in place three vectors of columns at a time (the forward's register-blocked micro-kernel over row blocks),
+// then one, then a masked tail.
 template <typename T>
-void small_outer(const T* g, int64_t ldg, const T* src, int64_t M, int64_t K, int64_t rows, T* out) {
+void matmul_rows(const T* a, int64_t lda, int64_t sk, int64_t Kd, const T* b, int64_t K, T* out, int64_t r_begin,
+                 int64_t r_end, int64_t c_begin = 0, int64_t c_end = -1) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  V s[kSmallRows];
-  for (int64_t k = 0; k < rows; ++k) {
-    for (int64_t m = 0; m < M; ++m) s[m] = splat<T>(g[m * ldg + k]);
-    int64_t c = 0;
-    for (; c + 4 * N <= K; c += 4 * N) {  // four independent sums over m: the FMA latency hidden
-      V acc[4];
-      for (int i = 0; i < 4; ++i) acc[i] = s[0] * load<T>(src + c + i * N, N);
-      for (int64_t m = 1; m < M; ++m)
-        for (int i = 0; i < 4; ++i) acc[i] += s[m] * load<T>(src + m * K + c + i * N, N);
-      for (int i = 0; i < 4; ++i) store<T>(out + k * K + c + i * N, acc[i], N);
-    }
-    for (; c < K; c += N) {
-      const int n = static_cast<int>(std::min<int64_t>(N, K - c));
-      V acc = s[0] * load<T>(src + c, n);
-      for (int64_t m = 1; m < M; ++m) acc += s[m] * load<T>(src + m * K + c, n);
-      store<T>(out + k * K + c, acc, n);
-    }
-  }
-}
-
-// out (M, K) = g (M, rows) w (rows, K), g of row stride ldg: w's columns read in place, N at a time (the panel
-// micro-kernel over whole vectors, masked loads for the tail).
-template <typename T>
-void small_product(const T* g, int64_t ldg, int64_t M, const T* w, int64_t rows, int64_t K, T* out) {
-  using V = typename Simd<T>::V;
-  constexpr int N = Simd<T>::N;
-  for (int64_t c = 0; c < K; c += N) {
-    const int n = static_cast<int>(std::min<int64_t>(N, K - c));
-    if (n == N) {
-      for_row_blocks(M, [&](auto block, int64_t m0) {
-        constexpr int R = decltype(block)::value;
-        V acc[R][1];
-        panel_product<T, R, 1>(g + m0 * ldg, ldg, rows, w + c, acc, K);
-        for (int r = 0; r < R; ++r) store<T>(out + (m0 + r) * K + c, acc[r][0], N);
-      });
-      continue;
-    }
-    for (int64_t m = 0; m < M; ++m) {
+  if (c_end < 0) c_end = K;
+  int64_t c = c_begin;
+  auto columns = [&](auto groups) {
+    constexpr int G = decltype(groups)::value;
+    for_row_blocks(r_end - r_begin, [&](auto rows, int64_t i0) {
+      constexpr int R = decltype(rows)::value;
+      const int64_t r0 = r_begin + i0;
+      V acc[R][G];
+      panel_product<T, R, G>(a + r0 * lda, lda, Kd, b + c, acc, K, sk);
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) store<T>(out + (r0 + r) * K + c + g * N, acc[r][g], N);
+    });
+  };
+  for (; c + 3 * N <= c_end; c += 3 * N) columns(Rows<3>{});
+  for (; c + N <= c_end; c += N) columns(Rows<1>{});
+  if (c < c_end) {
+    const int n = static_cast<int>(c_end - c);
+    for (int64_t r = r_begin; r < r_end; ++r) {
       V acc{};
-      for (int64_t k = 0; k < rows; ++k) acc += splat<T>(g[m * ldg + k]) * load<T>(w + k * K + c, n);
-      store<T>(out + m * K + c, acc, n);
+      for (int64_t k = 0; k < Kd; ++k) acc += splat<T>(a[r * lda + k * sk]) * load<T>(b + k * K + c, n);
+      store<T>(out + r * K + c, acc, n);
     }
   }
 }
 
-// The backward's products after the loop for M <= kSmallRows rows: (dx or empty, dw_ih, dw_hh, db_ih, db_hh or
-// empties); shapes and meaning as gru_backward's GEMMs (dgi2, dgh2 (M, 3H); x2 (M, I); hs2 (M, H) what the recurrent
-// products read; rh (M, H) r * that, reset_before only).
-std::vector<at::Tensor> small_weight_grads(const at::Tensor& dgi2, const at::Tensor& dgh2, const at::Tensor& x2,
-                                           const at::Tensor& hs2, const at::Tensor& rh, const at::Tensor& w_ih,
-                                           bool reset_after, bool has_bias, bool need_dx) {
+// The backward's products after the loop, split over two threads (team_size) by rows (dx: columns): (dx or empty, dw_ih, dw_hh,
+// db_ih, db_hh or empties), as gru_backward's GEMMs would give them: dgi2, dgh2 (M, 3H) (dgh2 is dgi2 for
+// reset_before), x2 (M, I), hs2 (M, H) what the recurrent products read, rh (M, H) r times that (reset_before). A
+// weight-gradient row r is column r of the gate gradients times x2 (or hs2): the micro-kernel reads it in place.
+std::vector<at::Tensor> weight_grads(const at::Tensor& dgi2, const at::Tensor& dgh2, const at::Tensor& x2,
+                                     const at::Tensor& hs2, const at::Tensor& rh, const at::Tensor& w_ih,
+                                     bool reset_after, bool has_bias, bool need_dx) {
   const int64_t M = dgi2.size(0), G3 = dgi2.size(1), H = G3 / 3, I = x2.size(1);
   const auto opts = dgi2.options();
   at::Tensor dx = need_dx ? at::empty({M, I}, opts) : at::Tensor();
   at::Tensor dw_ih = at::empty({G3, I}, opts), dw_hh = at::empty({G3, H}, opts);
   at::Tensor db_ih = has_bias ? at::empty({G3}, opts) : at::Tensor();
   at::Tensor db_hh = has_bias ? at::empty({G3}, opts) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(dgi2.scalar_type(), "grukit_small_weight_grads", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dgi2.scalar_type(), "grukit_weight_grads", [&] {
     const scalar_t* gi = dgi2.data_ptr<scalar_t>();
     const scalar_t* gh = dgh2.data_ptr<scalar_t>();
-    small_outer<scalar_t>(gi, G3, x2.data_ptr<scalar_t>(), M, I, G3, dw_ih.data_ptr<scalar_t>());
-    if (reset_after) {
-      small_outer<scalar_t>(gh, G3, hs2.data_ptr<scalar_t>(), M, H, G3, dw_hh.data_ptr<scalar_t>());
-    } else {  // r and z read h, n reads r * h
-      small_outer<scalar_t>(gi, G3, hs2.data_ptr<scalar_t>(), M, H, 2 * H, dw_hh.data_ptr<scalar_t>());
-      small_outer<scalar_t>(gi + 2 * H, G3, rh.data_ptr<scalar_t>(), M, H, H, dw_hh.data_ptr<scalar_t>() + 2 * H * H);
-    }
-    if (has_bias) {
-      scalar_t* bi = db_ih.data_ptr<scalar_t>();
-      scalar_t* bh = db_hh.data_ptr<scalar_t>();
-      for (int64_t k = 0; k < G3; ++k) {
-        scalar_t a = 0, b = 0;
-        for (int64_t m = 0; m < M; ++m) {
-          a += gi[m * G3 + k];
-          b += gh[m * G3 + k];
-        }
-        bi[k] = a;
-        bh[k] = b;
+    grukit::Team::instance().run(team_size(M, H, I, 0), [&](const Part& part) {
+      // whole row blocks and column vectors per thread: each element gets the same arithmetic, split or not
+      const bool last = part.tid == part.n - 1;
+      const int64_t r0 = part.begin(G3 / kMaxRows) * kMaxRows, r1 = last ? G3 : part.end(G3 / kMaxRows) * kMaxRows;
+      matmul_rows<scalar_t>(gi, 1, G3, M, x2.data_ptr<scalar_t>(), I, dw_ih.data_ptr<scalar_t>(), r0, r1);
+      scalar_t* dwh = dw_hh.data_ptr<scalar_t>();
+      if (reset_after) {
+        matmul_rows<scalar_t>(gh, 1, G3, M, hs2.data_ptr<scalar_t>(), H, dwh, r0, r1);
+      } else {  // r and z read h, n reads r * h
+        matmul_rows<scalar_t>(gi, 1, G3, M, hs2.data_ptr<scalar_t>(), H, dwh, r0, std::min(r1, 2 * H));
+        matmul_rows<scalar_t>(gi, 1, G3, M, rh.data_ptr<scalar_t>(), H, dwh, std::max(r0, 2 * H), r1);
       }
-    }
-    if (need_dx) small_product<scalar_t>(gi, G3, M, w_ih.data_ptr<scalar_t>(), G3, I, dx.data_ptr<scalar_t>());
+      if (has_bias) {  // column sums in double: as accurate as torch's pairwise sum, whatever the order of m
+        std::vector<double> si(r1 - r0), sh(r1 - r0);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = r0; r < r1; ++r) {
+            si[r - r0] += gi[m * G3 + r];
+            sh[r - r0] += gh[m * G3 + r];
+          }
+        scalar_t* bi = db_ih.data_ptr<scalar_t>();
+        scalar_t* bh = db_hh.data_ptr<scalar_t>();
+        for (int64_t r = r0; r < r1; ++r) {
+          bi[r] = static_cast<scalar_t>(si[r - r0]);
+          bh[r] = static_cast<scalar_t>(sh[r - r0]);
+        }
+      }
+      if (need_dx) {
+        constexpr int N = Simd<scalar_t>::N;
+        matmul_rows<scalar_t>(gi, G3, 1, G3, w_ih.data_ptr<scalar_t>(), I, dx.data_ptr<scalar_t>(), 0, M,
+                              part.begin(I / N) * N, last ? I : part.end(I / N) * N);
+      }
+    });
   });
   return {dx, dw_ih, dw_hh, db_ih, db_hh};
 }
+
+// Up to kOwnGradRows rows (T * B) the weight gradients, bias sums and dx are weight_grads' loops rather than GEMM
+// calls: at M = 64 (B = 1, T = 64) as fast on one thread and about 1.5x faster on two (MKL runs such a GEMM on one
+// thread, and at M = 1 its call costs more than the arithmetic); from M = 512 at H = 256 MKL's blocking wins.
+constexpr int64_t kOwnGradRows = 128;
 
 // Returns (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); dx is empty unless need_dx, the biases unless has_bias.
 std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (T, B, H) */,
@@ -2296,8 +2296,8 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   const at::Tensor hs2 = drop.defined() ? (hs * drop).view({T * B, H}) : hs.view({T * B, H});
   // reset_before: n's product read r * h entering each step
   const at::Tensor rh = reset_after ? at::Tensor() : gates.view({T * B, 3 * H}).narrow(1, 0, H) * hs2;
-  if (T * B > 0 && T * B <= kSmallRows) {
-    auto grads = small_weight_grads(dgi2, dgh.view({T * B, 3 * H}), x.view({T * B, I}), hs2, rh, w_ih, reset_after,
+  if (T * B > 0 && T * B <= kOwnGradRows) {
+    auto grads = weight_grads(dgi2, dgh.view({T * B, 3 * H}), x.view({T * B, I}), hs2, rh, w_ih, reset_after,
                                     has_bias, need_dx);
     return {need_dx ? grads[0].view({T, B, I}) : grads[0], dh0, grads[1], grads[2], grads[3], grads[4]};
   }
