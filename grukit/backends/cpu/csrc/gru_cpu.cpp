@@ -2182,10 +2182,9 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
 }
 
 // out[r][:] = a[r][:Kd] . b for the rows [r_begin, r_end) of out (rows, K) and its columns [c_begin, c_end) (all by
-// default; c_begin a multiple of N): a[r][k] at a[r * lda + k * sk] (a's rows,
-// or with lda = 1 the columns of a matrix: a transposed for free), b (Kd, K) row-major,
-// read in place three vectors of columns at a time (the forward's register-blocked micro-kernel over row blocks),
-// then one, then a masked tail.
+// default; c_begin a multiple of N). a[r][k] is a[r * lda + k * sk]: a's rows, or with lda = 1 the columns of a
+// matrix (a transposed for free). b (Kd, K) row-major, read in place three vectors of columns at a time (the
+// forward's register-blocked micro-kernel over row blocks), then one, then a masked tail.
 template <typename T>
 void matmul_rows(const T* a, int64_t lda, int64_t sk, int64_t Kd, const T* b, int64_t K, T* out, int64_t r_begin,
                  int64_t r_end, int64_t c_begin = 0, int64_t c_end = -1) {
@@ -2216,8 +2215,8 @@ void matmul_rows(const T* a, int64_t lda, int64_t sk, int64_t Kd, const T* b, in
   }
 }
 
-// The backward's products after the loop, split over two threads (team_size) by rows (dx: columns): (dx or empty, dw_ih, dw_hh,
-// db_ih, db_hh or empties), as gru_backward's GEMMs would give them: dgi2, dgh2 (M, 3H) (dgh2 is dgi2 for
+// The backward's products after the loop, split over two threads (team_size) by rows (dx: by columns): (dx or empty,
+// dw_ih, dw_hh, db_ih, db_hh or empties), as gru_backward's GEMMs would give them: dgi2, dgh2 (M, 3H) (dgh2 is dgi2 for
 // reset_before), x2 (M, I), hs2 (M, H) what the recurrent products read, rh (M, H) r times that (reset_before). A
 // weight-gradient row r is column r of the gate gradients times x2 (or hs2): the micro-kernel reads it in place.
 std::vector<at::Tensor> weight_grads(const at::Tensor& dgi2, const at::Tensor& dgh2, const at::Tensor& x2,
@@ -2245,17 +2244,19 @@ std::vector<at::Tensor> weight_grads(const at::Tensor& dgi2, const at::Tensor& d
         matmul_rows<scalar_t>(gi, 1, G3, M, rh.data_ptr<scalar_t>(), H, dwh, std::max(r0, 2 * H), r1);
       }
       if (has_bias) {  // column sums in double: as accurate as torch's pairwise sum, whatever the order of m
-        std::vector<double> si(r1 - r0), sh(r1 - r0);
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t r = r0; r < r1; ++r) {
-            si[r - r0] += gi[m * G3 + r];
-            sh[r - r0] += gh[m * G3 + r];
-          }
+        auto column_sums = [&](const scalar_t* g, scalar_t* out) {
+          std::vector<double> sums(r1 - r0);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t r = r0; r < r1; ++r) sums[r - r0] += g[m * G3 + r];
+          for (int64_t r = r0; r < r1; ++r) out[r] = static_cast<scalar_t>(sums[r - r0]);
+        };
         scalar_t* bi = db_ih.data_ptr<scalar_t>();
         scalar_t* bh = db_hh.data_ptr<scalar_t>();
-        for (int64_t r = r0; r < r1; ++r) {
-          bi[r] = static_cast<scalar_t>(si[r - r0]);
-          bh[r] = static_cast<scalar_t>(sh[r - r0]);
+        column_sums(gi, bi);
+        if (reset_after) {
+          column_sums(gh, bh);
+        } else {  // dgh2 is dgi2
+          std::copy(bi + r0, bi + r1, bh + r0);
         }
       }
       if (need_dx) {
