@@ -75,8 +75,9 @@ class Stepper:
     ``y_t = stepper(x_t)`` (the state lives in ``stepper.state``; ``stepper.reset(state)`` starts over).
 
     Shapes as ``module.step``: x_t (B, I) or unbatched (I,); state (L, B, H) or (L, H), None for the initial
-    state -> y_t (B, H) or (H,) and the new state, fresh tensors each call. Eval-mode semantics only (no dropout,
-    zoneout's expectation) and no autograd: use ``module.step`` to train through steps.
+    state -> y_t (B, H) or (H,) and the new state, fresh tensors each call (the cpu backend writes a later step's
+    result into one the caller no longer references at all, instead of allocating). Eval-mode semantics only (no
+    dropout, zoneout's expectation) and no autograd: use ``module.step`` to train through steps.
 
     ``bf16=True`` (float32 models on the cpu backend only) packs the weights rounded to bfloat16: half the bytes
     read per step, with products, gates and state still in float32; outputs differ from float32 by about 1e-3
