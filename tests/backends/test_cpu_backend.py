@@ -427,6 +427,36 @@ def test_float64_gradcheck_full(reset_after, monkeypatch):
     _gradcheck(gru, x, h0, torch.tensor([4, 3]), fast_mode=False)
 
 
+def test_a_training_call_is_one_cpu_autograd_node(monkeypatch):
+    """The layer records one node written in C++ (ext.layer), whose gradient matches the reference's."""
+    torch.manual_seed(2)
+    gru = grukit.GRU(3, 5)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    y, h_n = gru(x)
+    node = y.grad_fn
+    assert "GRULayerFunction" in node.name(), node.name()  # y is the node's output itself (h_n is unsqueezed)
+    got = torch.autograd.grad(y.sum() + h_n.sum(), [x, *gru.parameters()])
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    y, h_n = gru(x)
+    want = torch.autograd.grad(y.sum() + h_n.sum(), [x, *gru.parameters()])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_double_backward_raises(monkeypatch):
+    """The fused backward is not itself differentiable: a graph of the gradient (for a second derivative) fails
+    loudly and names the backend that serves it, instead of losing the terms through the saved activations."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    gru = grukit.GRU(2, 4)
+    x = torch.randn(3, 1, 2, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"not differentiable.*GRUKIT_BACKEND=reference"):
+        torch.autograd.grad(gru(x)[0].sum(), x, create_graph=True)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    (g,) = torch.autograd.grad(gru(x)[0].sum(), x, create_graph=True)
+    assert g.requires_grad
+
+
 def test_it_is_the_default_for_cpu_tensors(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     x = torch.randn(3, 2, 4)

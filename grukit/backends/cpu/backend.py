@@ -24,7 +24,8 @@ A single step (T = 1, no lengths, no masks) of at most ``direct_batch()`` sequen
 the unpacked weights, in training too (``ext.forward`` then saves the gates as the loop does, and the backward reads
 W_hh's columns in place where H is a multiple of the vector width): packing them would cost more than the step
 (grukit.GRUCell in a decoder's training loop).
-Eval / no-grad calls skip the autograd.Function; an uncached eval single step is ``ext.step_direct``, and a cached one
+Calls that record autograd are one C++ autograd node (``ext.layer``; layer norm: a Python autograd.Function);
+eval / no-grad calls record none; an uncached eval single step is ``ext.step_direct``, and a cached one
 (reset_after, every weight cacheable) ``ext.step``: both products from packed weights and the gate math in one
 kernel, with no GEMM call and no gi buffer.
 
@@ -55,44 +56,12 @@ from grukit.backends.cpu.build import load_extension
 from grukit.backends.reference import project
 
 
-class _GRULayer(torch.autograd.Function):
-    """One layer and direction. x: (T, B, I), h0: (B, H), w_ih: (3H, I), w_hh: (3H, H), b_ih, b_hh: (3H,) or None,
-    lengths: (B,) int64 or None, drop: (B, H) recurrent-dropout mask or None, keep: (T, B, H) zoneout mask or None,
-    keep_p: eval zoneout's expectation -> (y: (T, B, H), h_n: (B, H)). The forward saves the gates (T, B, 4H or 3H)
-    and the state entering each step (T, B, H) for the fused backward through time."""
-
-    @staticmethod
-    def forward(ctx, ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, packed, drop, keep, keep_p):
-        wpack, fold, b_hn = (None, None, None) if packed is None else (packed.w_hh, packed.fold, packed.b_hn)
-        y, h_n, gates, hs = ext.forward(
-            x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, True, wpack, fold, b_hn, drop, keep, keep_p
-        )
-        ctx.save_for_backward(x, w_ih, w_hh, gates, hs, lengths, drop, keep)
-        ctx.ext, ctx.reset_after, ctx.reverse, ctx.has_bias = ext, reset_after, reverse, b_ih is not None
-        ctx.keep_p = keep_p
-        ctx.set_materialize_grads(False)
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n):
-        x, w_ih, w_hh, gates, hs, lengths, drop, keep = ctx.saved_tensors
-        if dy is None and dh_n is None:
-            return (None,) * 14
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ctx.ext.backward(
-            dy, dh_n, x, w_ih, w_hh, gates, hs, lengths, ctx.reset_after, ctx.reverse, ctx.has_bias,
-            ctx.needs_input_grad[1], drop, keep, ctx.keep_p,
-        )  # fmt: skip
-        if not ctx.has_bias:
-            db_ih = db_hh = None
-        return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None, None, None
-
-
 class _GRULayerNorm(torch.autograd.Function):
     """One layer-norm layer's recurrent side (``ext.forward_norm``). gi: (T, B, 3H), the input side already
     normalised and with b_ih added; h0: (B, H); w_hh: (3H, H); gamma, beta: (3H,), the recurrent norm's gain, and its
-    bias plus b_hh; lengths, drop, keep, keep_p as ``_GRULayer`` -> (y: (T, B, H), h_n: (B, H)). The forward saves
-    the gates, the states, the normalised products and their 1/std for the fused backward."""
+    bias plus b_hh; lengths: (B,) int64 or None; drop: (B, H) recurrent-dropout mask or None; keep: (T, B, H)
+    zoneout mask or None; keep_p: eval zoneout's expectation -> (y: (T, B, H), h_n: (B, H)). The forward saves the
+    gates, the states, the normalised products and their 1/std for the fused backward."""
 
     @staticmethod
     def forward(ctx, ext, gi, h0, w_hh, gamma, beta, lengths, reset_after, reverse, drop, keep, keep_p):
@@ -320,8 +289,10 @@ class CpuBackend:
         ):
             # no cache while autograd records: training changes the weights every step anyway, and gradcheck
             # perturbs them through .data, which the version counter does not see
-            return _GRULayer.apply(
-                self.ext, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, None, drop, keep, keep_p
+            # one autograd node in C++ (GRULayerFunction): forward saves the gates (T, B, 4H or 3H) and the state
+            # entering each step (T, B, H) for the fused backward through time
+            return self.ext.layer(
+                x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, config.reverse, drop, keep, keep_p
             )
         if regularised:  # only the general loop applies the masks: no cache, no single-step kernels
             y, h_n, _, _ = self.ext.forward(

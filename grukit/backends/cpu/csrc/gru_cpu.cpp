@@ -2492,6 +2492,62 @@ std::vector<at::Tensor> gru_backward_norm(const std::optional<at::Tensor>& dy_in
   return {dgi, dh0, dw_hh, dgamma, dbeta};
 }
 
+// One layer and direction in training as one autograd node written in C++ (ext.layer): the work of a Python
+// autograd.Function without its per-call Python (about 10 us a call each way, more than a GRUCell step's kernels at
+// small H). forward: gru_forward(train) saving the gates and states; backward: gru_backward. The backward is not
+// itself differentiable: a graph of the gradient (create_graph, for a second derivative) raises instead of losing
+// the terms through the saved activations.
+struct GRULayerFunction : public torch::autograd::Function<GRULayerFunction> {
+  static std::optional<at::Tensor> given(const at::Tensor& t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  }
+
+  using Optional = std::optional<at::Tensor>;
+
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                const Optional& b_ih, const Optional& b_hh, const Optional& lengths,
+                                                bool reset_after, bool reverse, const Optional& drop,
+                                                const Optional& keep, double keep_p) {
+    auto out = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, true, std::nullopt,
+                           std::nullopt, std::nullopt, drop, keep, keep_p);
+    const at::Tensor none;
+    ctx->save_for_backward({x, w_ih, w_hh, out[2], out[3], lengths.value_or(none), drop.value_or(none),
+                            keep.value_or(none)});
+    ctx->saved_data["reset_after"] = reset_after;
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["has_bias"] = b_ih.has_value();
+    ctx->saved_data["keep_p"] = keep_p;
+    ctx->set_materialize_grads(false);
+    return {out[0], out[1]};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "grukit cpu backend: the fused GRU backward is not differentiable (create_graph=True asks for a "
+                "second derivative); run that model on the pure-PyTorch backend: GRUKIT_BACKEND=reference");
+    torch::autograd::variable_list none(12);
+    const at::Tensor &dy = grads[0], &dh_n = grads[1];
+    if (!dy.defined() && !dh_n.defined()) return none;
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    auto r = gru_backward(given(dy), given(dh_n), saved[0], saved[1], saved[2], saved[3], saved[4], given(saved[5]),
+                          ctx->saved_data["reset_after"].toBool(), ctx->saved_data["reverse"].toBool(), has_bias,
+                          ctx->needs_input_grad(0), given(saved[6]), given(saved[7]),
+                          ctx->saved_data["keep_p"].toDouble());
+    none[0] = r[0];
+    none[1] = r[1];
+    none[2] = r[2];
+    none[3] = r[3];
+    if (has_bias) {
+      none[4] = r[4];
+      none[5] = r[5];
+    }
+    return none;
+  }
+};
+
 // (y, h_n) as a new Python tuple of tensors, or null with the Python error set.
 PyObject* wrap_pair(at::Tensor y, at::Tensor h_n) {
   PyObject* out = PyTuple_New(2);
@@ -2749,6 +2805,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_projection_mode", [](int mode) { projection_mode.store(mode); },
         "how the forward's input side is computed where the loop does not fuse it: 0 one GEMM (MKL), 1 (default) by "
         "W_ih's size and the CPU (see project_with_kernel), 2 the micro-kernel", py::arg("mode"));
+  m.def(
+      "layer",
+      [](const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+         const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+         const std::optional<at::Tensor>& lengths, bool reset_after, bool reverse, const std::optional<at::Tensor>& drop,
+         const std::optional<at::Tensor>& keep, double keep_p) {
+        auto out = GRULayerFunction::apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reset_after, reverse, drop, keep,
+                                           keep_p);
+        return std::make_tuple(out[0], out[1]);
+      },
+      "GRU layer forward recorded for autograd (GRULayerFunction): (y, h_n)", py::arg("x"), py::arg("h0"),
+      py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reset_after"),
+      py::arg("reverse"), py::arg("drop"), py::arg("keep"), py::arg("keep_p"));
   m.def("backward", &gru_backward, "GRU layer backward: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)");
   m.def("forward_norm", &gru_forward_norm, "layer-norm GRU layer forward from gi: (y, h_n, gates, hs, xhat, rstd)");
   m.def("backward_norm", &gru_backward_norm, "layer-norm GRU layer backward: (dgi, dh0, dw_hh, dgamma, dbeta)");
