@@ -1732,11 +1732,6 @@ at::Tensor pack_bf16(const at::Tensor& w_in /* (3H, K) */, bool three_gates) {
   return out;
 }
 
-// A streaming stepper bound to a stack of layers (either equation form): every layer's weights packed once (optionally
-// as bfloat16, float32 models only: half the bytes per step, products and gates still in float32), and all layers
-// of one time step in one call with no ATen call but the two output allocations. It keeps the tensors it was built
-// from (`watched`) with their version counters and data pointers, and step() returns None instead of a result once
-// one of them changed (the Python side raises, naming it).
 // The outputs a stepper handed out, kept (a reference to each Python object) so that a later call can write its
 // result into one that nothing else can see any more, instead of allocating, wrapping and freeing two tensors per
 // call (about 0.6 us of a 2.5 us step at H = 64). An object is reused only when this pool holds its only
@@ -1762,7 +1757,7 @@ class OutputPool {
         }
       }
     }
-    return at::detail::empty_cpu(shape, dtype, false);
+    return at::detail::empty_cpu(shape, dtype, false);  // no dispatcher round trip
   }
 
   // Wraps `t` (the result of take) for Python and keeps the object unless it is kept already.
@@ -1802,6 +1797,11 @@ class OutputPool {
   int next_[2] = {0, 0};
 };
 
+// A streaming stepper bound to a stack of layers (either equation form): every layer's weights packed once (optionally
+// as bfloat16, float32 models only: half the bytes per step, products and gates still in float32), and all layers
+// of one time step in one call with no ATen call (its outputs come from an OutputPool). It keeps the tensors it was
+// built from (`watched`) with their version counters and data pointers, and step() returns None instead of a result
+// once one of them changed (the Python side raises, naming it).
 class Stepper {
  public:
   // layers: per layer [w_ih (3H, I_l), w_hh (3H, H)] or [w_ih, w_hh, b_ih (3H,), b_hh (3H,)], all of one dtype;
@@ -1859,7 +1859,7 @@ class Stepper {
   // stale; null with the Python error set.
   PyObject* step_objects(const at::Tensor& x_in, const at::Tensor& h_in) {
     at::Tensor y, h_n;
-    if (!run(x_in, h_in, y, h_n, &pool_)) Py_RETURN_NONE;
+    if (!run(x_in, h_in, y, h_n)) Py_RETURN_NONE;
     PyObject* out = PyTuple_New(2);
     if (out == nullptr) return nullptr;
     PyTuple_SET_ITEM(out, 0, pool_.wrap(0, std::move(y)));
@@ -1871,11 +1871,10 @@ class Stepper {
     return out;
   }
 
-  // One step into y and h_n: when undefined, fresh tensors (from `pool` when given), else written in place (checked:
+  // One step into y and h_n: when undefined, new or recycled tensors from pool_, else written in place (checked:
   // shape, dtype, contiguous, no overlap with x, h or each other, no autograd). False, with nothing computed, when
   // stale.
-  bool run(const at::Tensor& x_in, const at::Tensor& h_in, at::Tensor& y, at::Tensor& h_n,
-           OutputPool* pool = nullptr) {
+  bool run(const at::Tensor& x_in, const at::Tensor& h_in, at::Tensor& y, at::Tensor& h_n) {
     if (changed() >= 0) return false;
     const int64_t L = static_cast<int64_t>(layers_.size());
     const bool batched = x_in.dim() == 2;
@@ -1901,12 +1900,9 @@ class Stepper {
       check_out(h_n, h.sizes(), "state_out", {&x, &h, &y});
       y.unsafeGetTensorImpl()->bump_version();
       h_n.unsafeGetTensorImpl()->bump_version();
-    } else if (pool != nullptr) {
-      y = pool->take(0, batched ? at::IntArrayRef{B, H_} : at::IntArrayRef{H_}, dtype_);
-      h_n = pool->take(1, h.sizes(), dtype_);
-    } else {  // at::detail::empty_cpu: no dispatcher round trip, a fixed cost of every call
-      y = batched ? at::detail::empty_cpu({B, H_}, dtype_, false) : at::detail::empty_cpu({H_}, dtype_, false);
-      h_n = at::detail::empty_cpu(h.sizes(), dtype_, false);
+    } else {
+      y = pool_.take(0, batched ? at::IntArrayRef{B, H_} : at::IntArrayRef{H_}, dtype_);
+      h_n = pool_.take(1, h.sizes(), dtype_);
     }
     int64_t inputs = 0;  // the input widths of all layers, for the FLOP count
     for (const auto& layer : layers_) inputs += layer.in;
@@ -2021,7 +2017,7 @@ class Stepper {
   bool has_norm_ = false;   // a layer-norm layer: norm_step's buffers
   at::Tensor work_;  // reset_before: r * h, z and the input side of n, (3, B, H), shared by the layers
   at::Tensor norm_work_;  // layer norm: see norm_step
-  OutputPool pool_;       // step_objects' outputs
+  OutputPool pool_;       // the outputs of calls that give none
   int64_t H_ = 0;
   at::ScalarType dtype_ = at::kFloat;
 };
@@ -2386,7 +2382,7 @@ std::vector<at::Tensor> gru_backward(const std::optional<at::Tensor>& dy_in /* (
   const at::Tensor rh = reset_after ? at::Tensor() : gates.view({T * B, 3 * H}).narrow(1, 0, H) * hs2;
   if (T * B > 0 && T * B <= kOwnGradRows) {
     auto grads = weight_grads(dgi2, dgh.view({T * B, 3 * H}), x.view({T * B, I}), hs2, rh, w_ih, reset_after,
-                                    has_bias, need_dx);
+                              has_bias, need_dx);
     return {need_dx ? grads[0].view({T, B, I}) : grads[0], dh0, grads[1], grads[2], grads[3], grads[4]};
   }
   at::Tensor dx = need_dx ? at::mm(dgi2, w_ih).view({T, B, I}) : at::Tensor();
@@ -2527,24 +2523,17 @@ struct GRULayerFunction : public torch::autograd::Function<GRULayerFunction> {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "grukit cpu backend: the fused GRU backward is not differentiable (create_graph=True asks for a "
                 "second derivative); run that model on the pure-PyTorch backend: GRUKIT_BACKEND=reference");
-    torch::autograd::variable_list none(12);
+    torch::autograd::variable_list out(12);  // one per forward argument; undefined: no gradient
     const at::Tensor &dy = grads[0], &dh_n = grads[1];
-    if (!dy.defined() && !dh_n.defined()) return none;
+    if (!dy.defined() && !dh_n.defined()) return out;
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     auto r = gru_backward(given(dy), given(dh_n), saved[0], saved[1], saved[2], saved[3], saved[4], given(saved[5]),
                           ctx->saved_data["reset_after"].toBool(), ctx->saved_data["reverse"].toBool(), has_bias,
                           ctx->needs_input_grad(0), given(saved[6]), given(saved[7]),
                           ctx->saved_data["keep_p"].toDouble());
-    none[0] = r[0];
-    none[1] = r[1];
-    none[2] = r[2];
-    none[3] = r[3];
-    if (has_bias) {
-      none[4] = r[4];
-      none[5] = r[5];
-    }
-    return none;
+    std::copy(r.begin(), r.begin() + (has_bias ? 6 : 4), out.begin());  // dx, dh0, dw_ih, dw_hh[, db_ih, db_hh]
+    return out;
   }
 };
 
