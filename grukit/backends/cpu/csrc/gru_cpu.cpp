@@ -427,9 +427,10 @@ inline void for_row_blocks(int64_t B, F&& body) {
 // 32 KiB L1; W_ih and W_hh at H = 256, 1.5 MiB, against a 1 MiB L2) otherwise lose every line to LRU eviction just
 // before it is read again. On an AMD EPYC, one thread, both builds A/B in one process: the streaming step (the
 // stepper alternates from call to call) 6-8 % faster at H = 64, 8-15 % at H = 256, 18-39 % at H = 1024; the B = 1
-// loop (forward_loop_ahead, T = 256) 1-5 % at H = 256, within noise (0.96-1.04x) at H = 64. forward_loop (B >= 2)
-// keeps one order: there it ran 1-6 % slower at B = 8. Each panel's arithmetic is the same either way, so are the
-// results.
+// loop (forward_loop_ahead, T = 256) 1-5 % at H = 256, within noise (0.96-1.04x) at H = 64; forward_loop at B = 1
+// (H > 256, reset_after) 2.5-4 % at H in {512, 1024}. forward_loop keeps one order at B >= 2 (1-6 % slower at B = 8
+// snaked) and in the reset_before form (1 % slower at B = 1, H = 1024). Each panel's arithmetic is the same either
+// way, so are the results.
 GRUKIT_INLINE int64_t visit(int64_t begin, int64_t end, int64_t i, bool back) { return back ? begin + end - 1 - i : i; }
 
 GRUKIT_INLINE bool valid_step(const int64_t* lengths /* (B,) or null */, int64_t b, int64_t t) {
@@ -574,7 +575,9 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
       if constexpr (kTrain) store<T>(hs + (t * B + b) * H + j0, hp, n);
     };
     if constexpr (kResetAfter) {
-      for (int64_t p = p_begin; p < p_end; ++p) {
+      const bool back = B == 1 && s % 2 == 1;  // snake order (visit) where the step streams W_hh alone
+      for (int64_t i = p_begin; i < p_end; ++i) {
+        const int64_t p = visit(p_begin, p_end, i, back);
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 3 * N;
