@@ -10,7 +10,8 @@ than the few per cent a kernel change is worth. Prints, per case, the medians, o
 the new build was faster; outputs must agree bit for bit (a speed change must not change results).
 
 Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``); ``fBxH`` / ``rBxH`` ext.forward (eval, T = 256,
-input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``).
+input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``); ``tBxH`` a training layer call
+(ext.layer, reset_after, T = 64) and its backward (``t1x256``).
 """
 
 from __future__ import annotations
@@ -82,8 +83,23 @@ def case_calls(case: str, old: ModuleType, new: ModuleType) -> tuple[str, Call, 
         fns = [lambda e=ext: e.forward(x, h0, *weights, None, reset_after, False, False) for ext in (old, new)]
         outputs = [fn()[:2] for fn in fns]
         label, calls = f"forward {'reset_after' if reset_after else 'reset_before'} B={batch} H={hidden} T=256", 1
+    elif case[0] == "t":
+        batch, hidden = (int(v) for v in case[1:].split("x"))
+        gru = torch.nn.GRU(hidden, hidden)
+        weights = [p.detach().requires_grad_() for p in gru.parameters()]
+        x, h0 = torch.randn(64, batch, hidden), torch.zeros(batch, hidden)
+
+        def train(ext: ModuleType) -> list[torch.Tensor]:
+            with torch.enable_grad():
+                y, h_n = ext.layer(x, h0, *weights, None, True, False, None, None, 0.0)
+                grads = torch.autograd.grad(y.square().sum() + h_n.sum(), weights)
+            return [y.detach(), *grads]
+
+        fns = [lambda e=ext: train(e) for ext in (old, new)]
+        outputs = [fn() for fn in fns]
+        label, calls = f"training forward + backward B={batch} H={hidden} T=64", 1
     else:
-        raise SystemExit(f"unknown case {case!r}: sH, fBxH or rBxH (see the docstring)")
+        raise SystemExit(f"unknown case {case!r}: sH, fBxH, rBxH or tBxH (see the docstring)")
     for a, b in zip(*outputs, strict=True):
         if not torch.equal(a, b):
             raise SystemExit(f"{label}: the builds' outputs differ by {(a - b).abs().max().item():.3g}")
