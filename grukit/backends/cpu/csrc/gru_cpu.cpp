@@ -428,9 +428,10 @@ inline void for_row_blocks(int64_t B, F&& body) {
 // before it is read again. On an AMD EPYC, one thread, both builds A/B in one process: the streaming step (the
 // stepper alternates from call to call) 6-8 % faster at H = 64, 8-15 % at H = 256, 18-39 % at H = 1024; the B = 1
 // loop (forward_loop_ahead, T = 256) 1-5 % at H = 256, within noise (0.96-1.04x) at H = 64; forward_loop at B = 1
-// (H > 256, reset_after) 2.5-4 % at H in {512, 1024}. forward_loop keeps one order at B >= 2 (1-6 % slower at B = 8
-// snaked) and in the reset_before form (1 % slower at B = 1, H = 1024). Each panel's arithmetic is the same either
-// way, so are the results.
+// (reset_after: weights past the ahead loop's 2 MiB, or masks) 2-6 % at H in {512, 1024}. forward_loop keeps one
+// order at B >= 2 (1-6 % slower at B = 8 snaked) and in the reset_before form (1 % slower at B = 1, H = 1024), and
+// so does the backward through time (0.95-1.04x at B = 1). Each panel's arithmetic is the same either way, so are
+// the results.
 GRUKIT_INLINE int64_t visit(int64_t begin, int64_t end, int64_t i, bool back) { return back ? begin + end - 1 - i : i; }
 
 GRUKIT_INLINE bool valid_step(const int64_t* lengths /* (B,) or null */, int64_t b, int64_t t) {
