@@ -10,7 +10,8 @@ than the few per cent a kernel change is worth. Prints, per case, the medians, o
 the new build was faster; outputs must agree bit for bit (a speed change must not change results).
 
 Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``); ``fBxH`` / ``rBxH`` ext.forward (eval, T = 256,
-input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``); ``tBxH`` a training layer call
+input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``; ``f1x64t16``: T = 16, the calls of
+a round adding up to 256 steps); ``tBxH`` a training layer call
 (ext.layer, reset_after, T = 64) and its backward (``t1x256``).
 """
 
@@ -51,8 +52,8 @@ Call = Callable[[], object]
 def alternate(old: Call, new: Call, calls: int, rounds: int) -> tuple[float, float, int]:
     """(old µs, new µs, rounds the new one won): medians over rounds of `calls` calls each, the two alternating."""
     times: dict[str, list[float]] = {"old": [], "new": []}
-    for _ in range(rounds):
-        for name, fn in (("old", old), ("new", new)):
+    for i in range(rounds):
+        for name, fn in (("old", old), ("new", new))[:: 1 if i % 2 == 0 else -1]:  # each goes first every other round
             fn()  # warm: this build's buffers and code
             start = time.perf_counter()
             for _ in range(calls):
@@ -76,13 +77,16 @@ def case_calls(case: str, old: ModuleType, new: ModuleType) -> tuple[str, Call, 
         fns = [lambda s=s: s.step(x, h) for s in steppers]
     elif case[0] in "fr":
         reset_after = case[0] == "f"
-        batch, hidden = (int(v) for v in case[1:].split("x"))
+        shape, _, steps = case[1:].partition("t")
+        batch, hidden = (int(v) for v in shape.split("x"))
+        steps = int(steps or 256)
         gru = torch.nn.GRU(hidden, hidden)
         weights = [p.detach() for p in gru.parameters()]
-        x, h0 = torch.randn(256, batch, hidden), torch.zeros(batch, hidden)
+        x, h0 = torch.randn(steps, batch, hidden), torch.zeros(batch, hidden)
         fns = [lambda e=ext: e.forward(x, h0, *weights, None, reset_after, False, False) for ext in (old, new)]
         outputs = [fn()[:2] for fn in fns]
-        label, calls = f"forward {'reset_after' if reset_after else 'reset_before'} B={batch} H={hidden} T=256", 1
+        form = "reset_after" if reset_after else "reset_before"
+        label, calls = f"forward {form} B={batch} H={hidden} T={steps}", max(1, 256 // steps)
     elif case[0] == "t":
         batch, hidden = (int(v) for v in case[1:].split("x"))
         gru = torch.nn.GRU(hidden, hidden)

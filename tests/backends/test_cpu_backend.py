@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import grukit
-from grukit.backends import dispatch
+from grukit.backends import dispatch, reference
+from grukit.backends.contract import GRUConfig, GRUWeights
 
 if shutil.which(os.environ.get("CXX", "c++")) is None:
     pytest.skip("no C++ compiler: the cpu backend cannot be built here", allow_module_level=True)
@@ -143,6 +144,33 @@ def test_batch_one_loop_with_the_projection_ahead_passes_gradcheck(reset_after, 
     gru = grukit.GRU(4, 6, reset_after=reset_after, dtype=torch.float64)
     x, h0 = torch.randn(11, 1, 4, dtype=torch.float64), torch.randn(1, 1, 6, dtype=torch.float64)
     _gradcheck(gru, x, h0, torch.tensor([9]), fast_mode=False)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_calls_of_changing_shapes_and_biases_reuse_the_buffers_correctly(reset_after, extension):
+    """ext.forward folds the biases into a buffer it keeps between calls (and keeps its last view): calls that
+    alternate hidden sizes, paths (B = 1 ahead loop, B = 8 fused, a GEMM) and biases each match the reference."""
+    torch.manual_seed(4)
+    cases = [(16, 1, 8), (64, 8, 40), (16, 1, 8), (200, 2, 5), (64, 8, 40), (16, 1, 8)]
+    for hidden, batch, steps in cases:
+        gru = grukit.GRU(hidden, hidden, reset_after=reset_after)
+        with torch.no_grad():
+            for p in gru.parameters():
+                p.normal_(0, 0.3)  # biases well away from zero: a stale fold shows
+        w_ih, w_hh, b_ih, b_hh = (p.detach() for p in gru.parameters())
+        x, h0 = torch.randn(steps, batch, hidden), torch.randn(batch, hidden)
+        y, h_n, _, _ = extension.forward(x, h0, w_ih, w_hh, b_ih, b_hh, None, reset_after, False, False)
+        y_ref, h_ref = reference.gru_layer(x, h0, GRUWeights(w_ih, w_hh, b_ih, b_hh), GRUConfig(reset_after))
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(h_n, h_ref, atol=1e-5, rtol=1e-6)
+
+
+def test_a_bias_of_the_wrong_size_or_dtype_is_refused(extension):
+    x, h0 = torch.randn(3, 1, 4), torch.zeros(1, 5)
+    w_ih, w_hh, b = torch.randn(15, 4), torch.randn(15, 5), torch.randn(15)
+    for b_ih, b_hh in ((b.double(), b), (b, b[:10])):
+        with pytest.raises(RuntimeError, match=r"biases must be \(3H,\) CPU tensors of x's dtype"):
+            extension.forward(x, h0, w_ih, w_hh, b_ih, b_hh, None, True, False, False)
 
 
 def test_eval_dropconnect_batch_first_and_learned_init(monkeypatch):
