@@ -7,12 +7,12 @@ from Python at B = 1: ``stepper.step(x_t, state)`` (``gru.stepper()``: weights p
 call), the plain ``gru.step`` under no_grad, and the bare C++ call, against torch.nn.GRUCell and onnxruntime's
 session.run with T = 1 and h0 fed; training forward + backward at (T, B, H) in {(64, 8, 64), (64, 1, 256),
 (64, 32, 256)} with each side's peak memory. Every competitor runs at each thread count in the same interleaved
-rounds (one call each per round, thread count set before each call) and each column is the median over rounds, so
-the 2-thread / 1-thread ratios come from one run. The floor is ../shared/notes/cpu-baselines.md's formula:
-max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) + 2·B·3H·I / 96e9 seconds per step (one thread), with
-the ceilings the notes measured on an AMD EPYC; "floor here" is the same formula with this machine's measured sgemm
-rate and one-thread read bandwidth at the size of W_hh (the notes' ceilings do not hold on other CPUs). The tables
-go into BENCHMARKS.md between this script's markers.
+rounds (one call each per round, in a shuffled order, thread count set before each call) and each column is the
+median over rounds, so the 2-thread / 1-thread ratios come from one run. The floor is
+../shared/notes/cpu-baselines.md's formula: max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) +
+2·B·3H·I / 96e9 seconds per step (one thread), with the ceilings the notes measured on an AMD EPYC; "floor here"
+is the same formula with this machine's measured sgemm rate and one-thread read bandwidth at the size of W_hh
+(the notes' ceilings do not hold on other CPUs). The tables go into BENCHMARKS.md between this script's markers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import ctypes
 import datetime
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -74,14 +75,20 @@ def floor_us(batch: int, hidden: int, inputs: int, flop_rate: float = FLOP_RATE,
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds after one warm-up call each."""
+    """Median seconds per call of each function, timed in interleaved rounds after one warm-up call each. Each round
+    runs them in its own order (seeded shuffle): a call runs slower after some others (caches and the other core
+    left to another library's threads; grukit's 2-thread training right after torch's measured 1.35x over its
+    1 thread, 1.59x after its own 1-thread call), and a fixed order would pin that on the same column every round."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, fn in fns.items():
+        shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -500,6 +507,8 @@ def main() -> None:
         f"{rate:.0f} GFLOP/s on one thread (the floor column assumes the notes' 96 and their AMD EPYC bandwidths; "
         "'floor here' uses this rate and the read bandwidth measured here at the size of W_hh, '-' where that read is "
         "too short to time against torch.sum's call cost: then the notes' bandwidth).",
+        "- Rounds: every call of a table once per round, each round in its own shuffled order (seeded), so that no "
+        "call always follows the same one; medians over rounds.",
         f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
         "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
