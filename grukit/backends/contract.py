@@ -6,9 +6,11 @@ directions, sample every random mask (so all backends see the same randomness) a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+import torch
 from torch import Tensor
 
 
@@ -31,6 +33,15 @@ class GRUConfig:
     zoneout: float = 0.0
     recurrent_dropout: bool = False
     training: bool = False
+
+
+_cached_config = functools.lru_cache(maxsize=256)(GRUConfig)  # one frozen config per distinct call
+
+
+def config_of(*fields: object) -> GRUConfig:
+    """``GRUConfig(*fields)``, the same object for the same fields (a layer call builds no new one per step),
+    a fresh one while torch.compile traces (dynamo cannot trace the cache)."""
+    return GRUConfig(*fields) if torch.compiler.is_compiling() else _cached_config(*fields)
 
 
 class GRUWeights(NamedTuple):

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from grukit.backends import dispatch
-from grukit.backends.contract import GRUConfig, GRUWeights
+from grukit.backends.contract import GRUConfig, GRUWeights, config_of
 from grukit.backends.dispatch import gru_backend
 from grukit.nn.checks import check_sizes
+from grukit.nn.params import parameter
 
 _LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
@@ -123,7 +124,7 @@ class GRUCell(nn.Module):
             h_new = self._fused_step(x, h)
             if h_new is not None:
                 return h_new if batched else h_new.squeeze(0)
-        config = GRUConfig(reset_after=self.reset_after, layer_norm=self.layer_norm, training=self.training)
+        config = config_of(self.reset_after, False, self.layer_norm, 0.0, False, self.training)
         sequence = x.unsqueeze(0)
         _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, self._weights(), config)
         return h_new if batched else h_new.squeeze(0)
@@ -169,5 +170,5 @@ class GRUCell(nn.Module):
         return make([self._weights()], config, [p for p in self._parameters.values() if p is not None], False)
 
     def _weights(self) -> GRUWeights:
-        norms = [getattr(self, name) for name in _LN_NAMES] if self.layer_norm else [None] * 4
-        return GRUWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *norms)
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (_LN_NAMES if self.layer_norm else ())
+        return GRUWeights(*(parameter(self, name) for name in names))

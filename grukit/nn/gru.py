@@ -7,7 +7,6 @@ Each (layer, direction) is computed by the backend that dispatch picks.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -16,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from grukit.backends.contract import NO_MASKS, GRUConfig, GRUMasks, GRUWeights
+from grukit.backends.contract import NO_MASKS, GRUConfig, GRUMasks, GRUWeights, config_of
 from grukit.backends.dispatch import gru_backend
 from grukit.nn.checks import batch_input, check_hidden, check_probability, check_rnn_args, check_sequence
+from grukit.nn.params import parameter
 from grukit.nn.streaming import StreamingMixin
 
-_config = functools.lru_cache(maxsize=256)(GRUConfig)  # one frozen config per distinct call: no rebuild per step
 _LN_STEMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 _TORCH_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
@@ -346,17 +345,13 @@ class GRU(StreamingMixin, nn.Module):
             training and self.recurrent_dropout > 0,
             training,
         )
-        return GRUConfig(*fields) if torch.compiler.is_compiling() else _config(*fields)  # dynamo cannot trace lru
+        return config_of(*fields)
 
     def _layer_weights(self, layer: int, direction: int) -> GRUWeights:
         suffix = self._suffix(layer, direction)
-        own = self._parameters
 
         def param(stem: str) -> Tensor:
-            # the module's own dict first (nn.Module.__getattr__ costs ~0.5 us a lookup on the per-call path);
-            # getattr for what lives elsewhere (torch.nn.utils.parametrize, weight_norm's plain attributes)
-            found = own.get(stem + suffix)
-            return found if found is not None else getattr(self, stem + suffix)
+            return parameter(self, stem + suffix)
 
         w_hh = param("weight_hh")
         if self.dropconnect > 0 and self.training:

@@ -125,3 +125,26 @@ def test_a_used_cell_copies_and_pickles():
         expected = cell(x)
         for clone in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
             torch.testing.assert_close(clone(x), expected, atol=0, rtol=0)
+
+
+def test_a_parametrized_weight_reaches_the_step():
+    """Weights that live outside the module's own parameters (torch.nn.utils.parametrize) are read through getattr:
+    a training step with W_hh scaled by a parametrization equals a plain cell holding the scaled weight."""
+
+    class Double(torch.nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    torch.manual_seed(0)
+    plain = grukit.GRUCell(3, 4)
+    wrapped = grukit.GRUCell(3, 4)
+    wrapped.load_state_dict(plain.state_dict())
+    torch.nn.utils.parametrize.register_parametrization(wrapped, "weight_hh", Double())
+    with torch.no_grad():
+        plain.weight_hh.mul_(2)
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    torch.testing.assert_close(wrapped(x, h), plain(x, h), atol=1e-6, rtol=1e-6)
+    wrapped.eval()
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x, h), plain(x, h), atol=1e-6, rtol=1e-6)
