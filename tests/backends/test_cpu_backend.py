@@ -892,14 +892,15 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
 
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("hidden", [256, 260])  # 256: W_hh read in place by the backward; 260: a tail panel, packed
-def test_a_single_step_splits_over_two_threads(reset_after, hidden, two_threads, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 3])  # 1: the gate rows' sums reduced a panel at a time (dot_block)
+def test_a_single_step_splits_over_two_threads(reset_after, hidden, batch, two_threads, monkeypatch):
     """A trained single step (the forward from the unpacked weights, reset_before with its barrier between r and n)
     and an eval one (ext.stack's step_direct), split or not: the same bits."""
     monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
     torch.manual_seed(0)
     cell = grukit.GRUCell(hidden, hidden, reset_after=reset_after)
     gru = grukit.GRU(hidden, hidden, reset_after=reset_after).eval()
-    xs, h0 = torch.randn(2, 3, hidden), torch.randn(3, hidden)
+    xs, h0 = torch.randn(2, batch, hidden), torch.randn(batch, hidden)
     ext = load_extension()
 
     def both():
