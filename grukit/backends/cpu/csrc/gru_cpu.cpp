@@ -1099,32 +1099,41 @@ GRUKIT_INLINE void sum_lanes(typename Simd<T>::V* acc) {
   }
 }
 
-// Lane r = w_r . v for the n <= N rows w_r = w + r ld (K columns), lanes from n on 0: each row read in order (two
-// chains), then the N rows' sums reduced together (sum_lanes). (Reading the N rows side by side, v loaded once per
-// N rows, ran 1.2-1.5x slower from K = 128: N streams at once.)
-template <typename T>
-GRUKIT_INLINE typename Simd<T>::V dot_block(const T* w /* (n, ld) */, int64_t ld, const T* v /* (K,) */, int64_t K,
-                                            int n) {
+// out[b] lane r = w_r . v_b for the n <= N rows w_r = w + r ld (K columns) and R rows v_b = v + b ldv, lanes from
+// n on 0: each weight row read once, in order (two chains per v row), then each v row's N sums reduced together
+// (sum_lanes) instead of a horizontal sum per row. (Reading the N weight rows side by side, each v chunk loaded once
+// per N rows, ran 1.2-1.5x slower from K = 128: N streams at once.)
+template <typename T, int R>
+GRUKIT_INLINE void dot_block(const T* w /* (n, ld) */, int64_t ld, const T* v /* (R, ldv) */, int64_t ldv, int64_t K,
+                             int n, typename Simd<T>::V (&out)[R]) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  V acc[N];
-  for (int r = 0; r < N; ++r) acc[r] = V{};
+  V acc[R][N];
+  for (int b = 0; b < R; ++b)
+    for (int r = 0; r < N; ++r) acc[b][r] = V{};
   for (int r = 0; r < n; ++r) {
     const T* row = w + r * ld;
-    V a0{}, a1{};
+    V a0[R] = {}, a1[R] = {};
     int64_t k = 0;
     for (; k + 2 * N <= K; k += 2 * N) {
-      a0 += load<T>(row + k, N) * load<T>(v + k, N);
-      a1 += load<T>(row + k + N, N) * load<T>(v + k + N, N);
+      const V w0 = load<T>(row + k, N), w1 = load<T>(row + k + N, N);
+#pragma GCC unroll 4
+      for (int b = 0; b < R; ++b) {
+        a0[b] += w0 * load<T>(v + b * ldv + k, N);
+        a1[b] += w1 * load<T>(v + b * ldv + k + N, N);
+      }
     }
     for (; k < K; k += N) {
       const int m = static_cast<int>(std::min<int64_t>(N, K - k));
-      a0 += load<T>(row + k, m) * load<T>(v + k, m);
+      const V w0 = load<T>(row + k, m);
+      for (int b = 0; b < R; ++b) a0[b] += w0 * load<T>(v + b * ldv + k, m);
     }
-    acc[r] = a0 + a1;
+    for (int b = 0; b < R; ++b) acc[b][r] = a0[b] + a1[b];
   }
-  sum_lanes<T>(acc);
-  return acc[0];
+  for (int b = 0; b < R; ++b) {
+    sum_lanes<T>(acc[b]);
+    out[b] = acc[b][0];
+  }
 }
 
 // The step for rows [0, B) and this thread's hidden units (its panels of N). pre (B, 4H) work: per row
@@ -1142,39 +1151,24 @@ void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const
   const int64_t ld = 4 * H;
   auto bias = [](const T* b, int64_t j) { return b ? b[j] : T(0); };
   auto biases = [](const T* b, int64_t j0, int n) { return b ? load<T>(b + j0, n) : V{}; };
-  if (B == 1) {  // N gate rows at a time, their sums reduced together (dot_block): the per-row sums cost the most
+  // N gate rows at a time, their sums reduced together (dot_block): the per-row horizontal sums cost the most
+  for_row_blocks(B, [&](auto rows, int64_t b0) {
+    constexpr int R = decltype(rows)::value;
+    T* p = pre + b0 * ld;
     for (int64_t j0 = j_begin; j0 < j_end; j0 += N) {
       const int n = static_cast<int>(std::min<int64_t>(N, j_end - j0));
       for (int g = 0; g < 3; ++g) {
         const int64_t row = g * H + j0;
-        const V a = dot_block<T>(w_ih + row * I, I, x, I, n);
-        const V c = g < 2 || reset_after ? dot_block<T>(w_hh + row * H, H, h0, H, n) : V{};
-        if (g < 2) {
-          store<T>(pre + row, a + c + biases(b_ih, row, n) + biases(b_hh, row, n), n);
-        } else {
-          store<T>(pre + row, a + biases(b_ih, row, n), n);
-          if (reset_after) store<T>(pre + 3 * H + j0, c + biases(b_hh, row, n), n);
-        }
-      }
-    }
-  }
-  for_row_blocks(B == 1 ? 0 : B, [&](auto rows, int64_t b0) {
-    constexpr int R = decltype(rows)::value;
-    T* p = pre + b0 * ld;
-    for (int64_t j = j_begin; j < j_end; ++j) {
-      for (int g = 0; g < 3; ++g) {
-        const int64_t row = g * H + j;
-        T a[R], c[R];
-        dot_rows<T, R>(w_ih + row * I, x + b0 * I, I, I, a);
-        if (g < 2 || reset_after) {
-          dot_rows<T, R>(w_hh + row * H, h0 + b0 * H, H, H, c);
-        }
+        V a[R], c[R];
+        dot_block<T, R>(w_ih + row * I, I, x + b0 * I, I, I, n, a);
+        if (g < 2 || reset_after) dot_block<T, R>(w_hh + row * H, H, h0 + b0 * H, H, H, n, c);
+        const V bi = biases(b_ih, row, n), bh = biases(b_hh, row, n);
         for (int r = 0; r < R; ++r) {
           if (g < 2) {
-            p[r * ld + row] = a[r] + c[r] + bias(b_ih, row) + bias(b_hh, row);
+            store<T>(p + r * ld + row, a[r] + c[r] + bi + bh, n);
           } else {
-            p[r * ld + row] = a[r] + bias(b_ih, row);
-            if (reset_after) p[r * ld + 3 * H + j] = c[r] + bias(b_hh, row);
+            store<T>(p + r * ld + row, a[r] + bi, n);
+            if (reset_after) store<T>(p + r * ld + 3 * H + j0, c[r] + bh, n);
           }
         }
       }
