@@ -1043,35 +1043,6 @@ void step_kernel_before_n(const T* h0 /* (B, H) */, const W* whh /* as step_kern
 // more than the step itself at small B). Serves eval steps and the training forward of a single step (GRUCell).
 constexpr int64_t kDirectBatch = 4;
 
-// out[r] = w . src_r over K for R rows of src (row stride ld): w read once for all rows, two chains per row.
-template <typename T, int R>
-GRUKIT_INLINE void dot_rows(const T* w /* (K,) */, const T* src /* (R, ld) */, int64_t ld, int64_t K, T (&out)[R]) {
-  using V = typename Simd<T>::V;
-  constexpr int N = Simd<T>::N;
-  V acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = V{};
-  int64_t k = 0;
-  for (; k + 2 * N <= K; k += 2 * N) {
-    const V w0 = load<T>(w + k, N), w1 = load<T>(w + k + N, N);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      acc0[r] += w0 * load<T>(src + r * ld + k, N);
-      acc1[r] += w1 * load<T>(src + r * ld + k + N, N);
-    }
-  }
-  for (; k < K; k += N) {
-    const int n = static_cast<int>(std::min<int64_t>(N, K - k));
-    const V w0 = load<T>(w + k, n);
-    for (int r = 0; r < R; ++r) acc0[r] += w0 * load<T>(src + r * ld + k, n);
-  }
-  for (int r = 0; r < R; ++r) {
-    const V a = acc0[r] + acc1[r];
-    T sum = 0;
-    for (int i = 0; i < N; ++i) sum += a[i];
-    out[r] = sum;
-  }
-}
-
 // Lane k of a pairwise-sum level over vectors a, b of N lanes in blocks of s: the low half of each 2s-block takes
 // a's two s-lane halves, the high half b's (first: the first addend's index; else the second's).
 constexpr int sum_lane(int s, int n, bool first, int k) {
@@ -1149,7 +1120,6 @@ void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const
   const int64_t P = (H + N - 1) / N;
   const int64_t j_begin = part.begin(P) * N, j_end = std::min(part.end(P) * N, H);
   const int64_t ld = 4 * H;
-  auto bias = [](const T* b, int64_t j) { return b ? b[j] : T(0); };
   auto biases = [](const T* b, int64_t j0, int n) { return b ? load<T>(b + j0, n) : V{}; };
   // N gate rows at a time, their sums reduced together (dot_block): the per-row horizontal sums cost the most
   for_row_blocks(B, [&](auto rows, int64_t b0) {
@@ -1188,10 +1158,15 @@ void direct_step_kernel(const T* x /* (B, I) */, const T* h0 /* (B, H) */, const
     for_row_blocks(B, [&](auto rows, int64_t b0) {
       constexpr int R = decltype(rows)::value;
       T* p = pre + b0 * ld;
-      for (int64_t j = j_begin; j < j_end; ++j) {
-        T c[R];
-        dot_rows<T, R>(w_hh + (2 * H + j) * H, p + 3 * H, ld, H, c);
-        for (int r = 0; r < R; ++r) p[r * ld + 2 * H + j] += c[r] + bias(b_hh, 2 * H + j);
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += N) {
+        const int n = static_cast<int>(std::min<int64_t>(N, j_end - j0));
+        V c[R];
+        dot_block<T, R>(w_hh + (2 * H + j0) * H, H, p + 3 * H, ld, H, n, c);
+        const V bh = biases(b_hh, 2 * H + j0, n);
+        for (int r = 0; r < R; ++r) {
+          T* out = p + r * ld + 2 * H + j0;
+          store<T>(out, load<T>(out, n) + (c[r] + bh), n);
+        }
       }
     });
   }
