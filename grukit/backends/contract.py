@@ -38,10 +38,10 @@ class GRUConfig:
 _cached_config = functools.lru_cache(maxsize=256)(GRUConfig)  # one frozen config per distinct call
 
 
-def config_of(*fields: object) -> GRUConfig:
-    """``GRUConfig(*fields)``, the same object for the same fields (a layer call builds no new one per step),
-    a fresh one while torch.compile traces (dynamo cannot trace the cache)."""
-    return GRUConfig(*fields) if torch.compiler.is_compiling() else _cached_config(*fields)
+def config_of(*fields: object, **named: object) -> GRUConfig:
+    """``GRUConfig(*fields, **named)``, the same object for the same arguments (a layer call builds no new one per
+    step), a fresh one while torch.compile traces (dynamo cannot trace the cache)."""
+    return GRUConfig(*fields, **named) if torch.compiler.is_compiling() else _cached_config(*fields, **named)
 
 
 class GRUWeights(NamedTuple):

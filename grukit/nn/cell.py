@@ -124,7 +124,7 @@ class GRUCell(nn.Module):
             h_new = self._fused_step(x, h)
             if h_new is not None:
                 return h_new if batched else h_new.squeeze(0)
-        config = config_of(self.reset_after, False, self.layer_norm, 0.0, False, self.training)
+        config = config_of(reset_after=self.reset_after, layer_norm=self.layer_norm, training=self.training)
         sequence = x.unsqueeze(0)
         _, h_new = gru_backend(sequence, config, None).gru_layer(sequence, h, self._weights(), config)
         return h_new if batched else h_new.squeeze(0)

@@ -1695,17 +1695,27 @@ at::Tensor pack_ih(const at::Tensor& w_ih_in /* (3H, I) */) {
 
 // The input-side bias with the recurrent biases folded in: reset_after b_ih + [b_hr, b_hz, 0] and b_hn apart;
 // else b_ih + b_hh (and no b_hn). The same additions, in the same order, as the unfolded path of gru_forward.
-std::vector<at::Tensor> fold_bias(const at::Tensor& b_ih /* (3H,) */, const at::Tensor& b_hh /* (3H,) */,
-                                  bool reset_after) {
+// fold (3H,) = b_ih + b_hh, but for b_hn (b_hh's last H) in the reset_after form, which stays inside r; all three
+// contiguous of one dtype. A plain loop: no ATen op (gru_forward folds on every call).
+void fold_into(const at::Tensor& b_ih, const at::Tensor& b_hh, bool reset_after, at::Tensor& fold) {
   const int64_t H = b_ih.size(0) / 3;
-  at::Tensor fold = b_ih.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(fold.scalar_type(), "grukit_fold", [&] {
+    const scalar_t *i = b_ih.data_ptr<scalar_t>(), *h = b_hh.data_ptr<scalar_t>();
+    scalar_t* f = fold.data_ptr<scalar_t>();
+    const int64_t folded = reset_after ? 2 * H : 3 * H;
+    for (int64_t j = 0; j < folded; ++j) f[j] = i[j] + h[j];
+    for (int64_t j = folded; j < 3 * H; ++j) f[j] = i[j];
+  });
+}
+
+std::vector<at::Tensor> fold_bias(const at::Tensor& b_ih_in /* (3H,) */, const at::Tensor& b_hh_in /* (3H,) */,
+                                  bool reset_after) {
+  const at::Tensor b_ih = b_ih_in.contiguous(), b_hh = b_hh_in.contiguous().to(b_ih.scalar_type());
+  const int64_t H = b_ih.size(0) / 3;
+  at::Tensor fold = at::empty_like(b_ih);
+  fold_into(b_ih, b_hh, reset_after, fold);
   at::Tensor b_hn;
-  if (reset_after) {
-    fold.narrow(0, 0, 2 * H).add_(b_hh.narrow(0, 0, 2 * H));
-    b_hn = b_hh.narrow(0, 2 * H, H).contiguous().clone();
-  } else {
-    fold.add_(b_hh);
-  }
+  if (reset_after) b_hn = b_hh.narrow(0, 2 * H, H).clone();
   return {fold, b_hn};
 }
 
@@ -2185,13 +2195,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& x_in /* (T, B, I) */, cons
       TORCH_CHECK(b->dim() == 1 && b->size(0) == 3 * H && b->scalar_type() == x.scalar_type() && b->device().is_cpu(),
                   "grukit cpu backend: biases must be (3H,) CPU tensors of x's dtype");
     fold = reusable(3, 3 * H, x.options());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_fold", [&] {
-      const scalar_t *i = bi.data_ptr<scalar_t>(), *h = bh.data_ptr<scalar_t>();
-      scalar_t* f = fold.data_ptr<scalar_t>();
-      const int64_t folded = reset_after ? 2 * H : 3 * H;
-      for (int64_t j = 0; j < folded; ++j) f[j] = i[j] + h[j];
-      for (int64_t j = folded; j < 3 * H; ++j) f[j] = i[j];
-    });
+    fold_into(bi, bh, reset_after, fold);
     if (reset_after) {
       b_hn = bh;
       b_hn_offset = 2 * H;
