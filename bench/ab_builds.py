@@ -1,13 +1,14 @@
 """Two builds of the cpu extension in one process: a kernel change against the build before it.
 
-    python bench/ab_builds.py OLD.so [--threads 1] [--rounds 31] [CASE ...]
+    python bench/ab_builds.py OLD.so [--threads 1] [--rounds 31] [--atol 0] [CASE ...]
 
 OLD.so is an earlier build from the cache (``~/.cache/grukit/cpu-<hash>/grukit_cpu_<hash>.so``: each source
 version builds under its own hash, so the build before a change stays there); the new one is the working tree's
 (``load_extension``). Both modules load side by side (their names differ) and run the same calls in alternating
 rounds, so both see the same machine state: on this shared machine, timings of separate processes drift by more
 than the few per cent a kernel change is worth. Prints, per case, the medians, old / new, and in how many rounds
-the new build was faster; outputs must agree bit for bit (a speed change must not change results).
+the new build was faster; outputs must agree bit for bit (a speed change must not change results), or with
+``--atol A`` to within A (a change that reorders a sum, stated in its commit).
 
 Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``); ``fBxH`` / ``rBxH`` ext.forward (eval, T = 256,
 input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``; ``f1x64t16``: T = 16, the calls of
@@ -63,8 +64,9 @@ def alternate(old: Call, new: Call, calls: int, rounds: int) -> tuple[float, flo
     return statistics.median(times["old"]), statistics.median(times["new"]), wins
 
 
-def case_calls(case: str, old: ModuleType, new: ModuleType) -> tuple[str, Call, Call, int]:
-    """(label, old call, new call, calls per round) for one case name, the two outputs checked equal first."""
+def case_calls(case: str, old: ModuleType, new: ModuleType, atol: float) -> tuple[str, Call, Call, int]:
+    """(label, old call, new call, calls per round) for one case name, the two outputs checked equal (to within
+    atol) first."""
     torch.manual_seed(0)
     if case[0] == "s":
         hidden = int(case[1:])
@@ -105,7 +107,7 @@ def case_calls(case: str, old: ModuleType, new: ModuleType) -> tuple[str, Call, 
     else:
         raise SystemExit(f"unknown case {case!r}: sH, fBxH, rBxH or tBxH (see the docstring)")
     for a, b in zip(*outputs, strict=True):
-        if not torch.equal(a, b):
+        if not (torch.equal(a, b) if atol == 0 else torch.allclose(a, b, rtol=0, atol=atol)):
             raise SystemExit(f"{label}: the builds' outputs differ by {(a - b).abs().max().item():.3g}")
     return label, fns[0], fns[1], calls
 
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("cases", nargs="*", default=DEFAULT_CASES)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--atol", type=float, default=0.0, help="outputs may differ by this much (0: bit for bit)")
     args = parser.parse_args()
     if not args.old.is_file():
         raise SystemExit(f"{args.old}: no such file (list the builds with: ls ~/.cache/grukit/*/*.so)")
@@ -125,7 +128,7 @@ def main() -> None:
         raise SystemExit(f"{args.old} is the working tree's own build: name an earlier one")
     with torch.no_grad():
         for case in args.cases:
-            label, old_fn, new_fn, calls = case_calls(case, old, new)
+            label, old_fn, new_fn, calls = case_calls(case, old, new, args.atol)
             a, b, wins = alternate(old_fn, new_fn, calls, args.rounds)
             print(f"{label}: old {a:.2f} us, new {b:.2f} us, old/new {a / b:.3f} (new faster in {wins}/{args.rounds})")
 

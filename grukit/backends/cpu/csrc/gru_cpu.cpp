@@ -357,17 +357,20 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
     for (int g = 0; g < G; ++g) acc[r][g] += odd_acc[r][g];
 }
 
-// acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units; kstride, the
-// distance between the panel's k rows, is G * N for a packed panel (H for one read in place from (M, H) W_hh);
-// src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk the row length: the columns of a matrix).
-template <typename T, int R, int G>
+// acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units (kAdd: added to
+// what acc holds, in the same registers); kstride, the distance between the panel's k rows, is G * N for a packed
+// panel (H for one read in place from (M, H) W_hh); src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk
+// the row length: the columns of a matrix).
+template <typename T, int R, int G, bool kAdd = false>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
                                  const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G],
                                  int64_t kstride = G * Simd<T>::N, int64_t sk = 1) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = V{};
+  if constexpr (!kAdd) {
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = V{};
+  }
   if constexpr (R == 1) {
     // One row: 4 independent accumulator chains over k hide the FMA latency (a stream of W at load bandwidth).
     V a1[G] = {}, a2[G] = {}, a3[G] = {};
@@ -474,13 +477,31 @@ GRUKIT_INLINE void input_gates(const InputSide<T>& side, int64_t t, int64_t B, i
     }
     return;
   }
-  panel_product<T, R, 3>(side.x + (t * B + b0) * side.I, side.I, side.I, side.wih + p * side.I * 3 * N, in);
-  if (side.fold != nullptr) {
-    V f[3];
-    load_gate_biases<T>(side.fold, H, j0, n, f);
-    for (int r = 0; r < R; ++r)
-      for (int g = 0; g < 3; ++g) in[r][g] += f[g];
+  const T* x = side.x + (t * B + b0) * side.I;
+  const T* wih = side.wih + p * side.I * 3 * N;
+  if (side.fold == nullptr) {
+    panel_product<T, R, 3>(x, side.I, side.I, wih, in);
+    return;
   }
+  V f[3];
+  load_gate_biases<T>(side.fold, H, j0, n, f);
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 3; ++g) in[r][g] = f[g];
+  panel_product<T, R, 3, true>(x, side.I, side.I, wih, in);
+}
+
+// The r and z pre-activations of rows b0 + r: the input side `in` (input_gates), then the recurrent product from
+// `src` added in the same registers (no second set of accumulators to spill and sum); G = 3 adds the n product
+// (reset_after's W_hn h, from zero into acc[r][2]; in[r][2] stays the input side of n).
+template <typename T, int R, int G>
+GRUKIT_INLINE void gate_preactivations(const typename Simd<T>::V (&in)[R][3], const T* src /* (R, H) rows */,
+                                       int64_t H, const T* panel /* (H, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = in[r][0];
+    acc[r][1] = in[r][1];
+    if constexpr (G == 3) acc[r][2] = typename Simd<T>::V{};
+  }
+  panel_product<T, R, G, true>(src, H, H, panel, acc);
 }
 
 // gi[row][g*H + j] = x[row] W_ih^T + fold for the hidden units of panels [p_begin, p_end) and all T*B rows, from
@@ -587,7 +608,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          panel_product<T, R, 3>(src_cur + b0 * H, H, H, panel, acc);
+          gate_preactivations<T, R, 3>(in, src_cur + b0 * H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
@@ -596,8 +617,8 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
               carry_state(b, j0, n, hp);
               continue;
             }
-            const V rg = sigmoid_v(in[r][0] + acc[r][0]);
-            const V zg = sigmoid_v(in[r][1] + acc[r][1]);
+            const V rg = sigmoid_v(acc[r][0]);
+            const V zg = sigmoid_v(acc[r][1]);
             const V hn = acc[r][2] + bn;
             const V ng = tanh_v(in[r][2] + rg * hn);
             finish(b, j0, n, ng + zg * (hp - ng), hp);
@@ -622,12 +643,12 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          panel_product<T, R, 2>(src_cur + b0 * H, H, H, panel, acc);
+          gate_preactivations<T, R, 2>(in, src_cur + b0 * H, H, panel, acc);
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
-            const V rg = sigmoid_v(in[r][0] + acc[r][0]);
-            const V zg = sigmoid_v(in[r][1] + acc[r][1]);
+            const V rg = sigmoid_v(acc[r][0]);
+            const V zg = sigmoid_v(acc[r][1]);
             store<T>(x_n + b * H + j0, in[r][2], n);
             store<T>(scratch + b * H + j0, rg * load<T>(src_cur + b * H + j0, n), n);
             store<T>(h_next + b * H + j0, zg, n);
