@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import grukit
+from tests.nn.parametrized import doubled_twins
 
 
 @given(
@@ -131,17 +132,8 @@ def test_a_parametrized_weight_reaches_the_step():
     """Weights that live outside the module's own parameters (torch.nn.utils.parametrize) are read through getattr:
     a training step with W_hh scaled by a parametrization equals a plain cell holding the scaled weight."""
 
-    class Double(torch.nn.Module):
-        def forward(self, w: torch.Tensor) -> torch.Tensor:
-            return 2 * w
-
     torch.manual_seed(0)
-    plain = grukit.GRUCell(3, 4)
-    wrapped = grukit.GRUCell(3, 4)
-    wrapped.load_state_dict(plain.state_dict())
-    torch.nn.utils.parametrize.register_parametrization(wrapped, "weight_hh", Double())
-    with torch.no_grad():
-        plain.weight_hh.mul_(2)
+    wrapped, plain = doubled_twins(lambda: grukit.GRUCell(3, 4), "weight_hh")
     x, h = torch.randn(2, 3), torch.randn(2, 4)
     torch.testing.assert_close(wrapped(x, h), plain(x, h), atol=1e-6, rtol=1e-6)
     wrapped.eval()

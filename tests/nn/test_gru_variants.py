@@ -12,6 +12,7 @@ import grukit
 from grukit.backends import dispatch
 from grukit.backends.reference import ReferenceBackend
 from tests.nn.naive_gru import naive_direction
+from tests.nn.parametrized import doubled_twins
 
 
 def direction_params(gru: grukit.GRU, layer: int = 0, reverse: bool = False) -> dict[str, torch.Tensor | None]:
@@ -237,19 +238,8 @@ def test_full_jacobian_gradcheck_of_everything_at_once():
 def test_parametrized_and_weight_normed_weights_are_used():
     """Weights that live outside the module's own parameter dict (torch.nn.utils.parametrize, weight_norm's plain
     attributes) are looked up where they live: the forward uses the reparametrized weight, not a stale one."""
-    from torch.nn.utils import parametrize
-
-    class Double(torch.nn.Module):
-        def forward(self, w: torch.Tensor) -> torch.Tensor:
-            return 2 * w
-
     torch.manual_seed(0)
-    gru = grukit.GRU(5, 6)
-    plain = grukit.GRU(5, 6)
-    plain.load_state_dict(gru.state_dict())
-    with torch.no_grad():
-        plain.weight_hh_l0.mul_(2)
-    parametrize.register_parametrization(gru, "weight_hh_l0", Double())
+    gru, plain = doubled_twins(lambda: grukit.GRU(5, 6), "weight_hh_l0")
     x = torch.randn(4, 3, 5)
     torch.testing.assert_close(gru(x)[0], plain(x)[0])
 
