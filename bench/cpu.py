@@ -75,18 +75,20 @@ def floor_us(batch: int, hidden: int, inputs: int, flop_rate: float = FLOP_RATE,
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds after one warm-up call each. Each round
-    runs them in its own order (seeded shuffle): a call runs slower after some others (caches and the other core
-    left to another library's threads; grukit's 2-thread training right after torch's measured 1.35x over its
-    1 thread, 1.59x after its own 1-thread call), and a fixed order would pin that on the same column every round."""
-    for fn in fns.values():
-        fn()
+    """Median seconds per call of each function, timed in interleaved rounds. Each round runs them in its own order
+    (seeded shuffle): a call runs slower after some others (caches and the other core left to another library's
+    threads; grukit's 2-thread training right after torch's measured 1.35x over its 1 thread, 1.59x after its own
+    1-thread call), and a fixed order would pin that on the same column every round. Each timed call follows an
+    untimed call of the same function: on this shared machine a call after a few ms of other work finds its code and
+    data gone from L2 and L3 (cold_calls), a cost that is the neighbours', not the kernel's, and that the floor (W_hh
+    read from cache) leaves out."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns)
     shuffle = random.Random(0).shuffle
     for _ in range(rounds):
         shuffle(order)
         for name in order:
+            fns[name]()
             start = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)
@@ -105,6 +107,36 @@ def at_threads(fns: dict[str, Callable[[], object]], threads: int) -> dict[str, 
         return run
 
     return {f"{name}@{threads}": wrap(fn) for name, fn in fns.items()}
+
+
+def cold_calls(steps: int = 256, hidden: int = 64) -> dict[str, tuple[float, float]]:
+    """µs per step of grukit and torch.nn.GRU at B = 1 (1 thread), each (cold, warm): the median of 21 calls timed
+    after 5 ms of Python spinning (which touches almost no memory) and of 21 timed right after a call of their own."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(hidden, hidden).eval()
+    fns = {"torch": reference, "grukit": grukit.GRU.from_torch(reference).eval()}
+    x = torch.randn(steps, 1, hidden)
+
+    def spin() -> None:
+        end = time.perf_counter() + 5e-3
+        while time.perf_counter() < end:
+            pass
+
+    result = {}
+    with torch.no_grad():
+        for name, module in fns.items():
+            timed = {}
+            for mode, before in (("cold", spin), ("warm", lambda m=module: m(x))):
+                seconds = []
+                for _ in range(21):
+                    before()
+                    start = time.perf_counter()
+                    module(x)
+                    seconds.append(time.perf_counter() - start)
+                timed[mode] = statistics.median(seconds) / steps * 1e6
+            result[name] = (timed["cold"], timed["warm"])
+    return result
 
 
 def sgemm_rate() -> float:
@@ -508,7 +540,8 @@ def main() -> None:
         "'floor here' uses this rate and the read bandwidth measured here at the size of W_hh, '-' where that read is "
         "too short to time against torch.sum's call cost: then the notes' bandwidth).",
         "- Rounds: every call of a table once per round, each round in its own shuffled order (seeded), so that no "
-        "call always follows the same one; medians over rounds.",
+        "call always follows the same one, each timed call right after an untimed call of its own (warm caches, as "
+        "the floor assumes; cold calls below); medians over rounds.",
         f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
         "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
@@ -531,6 +564,15 @@ def main() -> None:
     header.append(
         f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()} — the machine is shared "
         "(2 cores): other jobs inflate absolute times and above all the 2-thread columns."
+    )
+    cold = cold_calls()
+    header.append(
+        "- Cold calls (B = 1, H = 64, T = 256, 1 thread, µs per step; cold: after 5 ms of Python spinning, warm: right "
+        "after a call of its own): "
+        + ", ".join(f"{name} {c:.2f} cold, {w:.2f} warm ({c / w:.2f}x)" for name, (c, w) in cold.items())
+        + ". On this shared VM something outside the process (other tenants, or the hypervisor) empties L2 and L3 "
+        "within milliseconds (bench/micro/cold_caches.cpp), so a call that follows other work refetches its code and "
+        "weights from memory: a cost per call, not per step."
     )
     if scaling_before is not None:
         header.append(
