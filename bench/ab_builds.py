@@ -8,7 +8,9 @@ version builds under its own hash, so the build before a change stays there); th
 rounds, so both see the same machine state: on this shared machine, timings of separate processes drift by more
 than the few per cent a kernel change is worth. Prints, per case, the medians, old / new, and in how many rounds
 the new build was faster; outputs must agree bit for bit (a speed change must not change results), or with
-``--atol A`` to within A (a change that reorders a sum, stated in its commit).
+``--atol A`` to within A (a change that reorders a sum, stated in its commit). Both builds share one thread team
+(``Team::instance()``'s static is a GNU unique symbol, which the loader binds once per process), so a change to
+team.h cannot be timed this way: time it in separate processes.
 
 Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``); ``fBxH`` / ``rBxH`` ext.forward (eval, T = 256,
 input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``; ``f1x64t16``: T = 16, the calls of
