@@ -80,8 +80,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     threads; grukit's 2-thread training right after torch's measured 1.35x over its 1 thread, 1.59x after its own
     1-thread call), and a fixed order would pin that on the same column every round. Each timed call follows an
     untimed call of the same function: on this shared machine a call after a few ms of other work finds its code and
-    data gone from L2 and L3 (cold_calls), a cost that is the neighbours', not the kernel's, and that the floor (W_hh
-    read from cache) leaves out."""
+    data gone from L2 and L3 (cold_calls), a cost set by what runs outside the process, which the floor (W_hh read
+    from cache) leaves out."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns)
     shuffle = random.Random(0).shuffle
@@ -572,7 +572,7 @@ def main() -> None:
         + ", ".join(f"{name} {c:.2f} cold, {w:.2f} warm ({c / w:.2f}x)" for name, (c, w) in cold.items())
         + ". On this shared VM something outside the process (other tenants, or the hypervisor) empties L2 and L3 "
         "within milliseconds (bench/micro/cold_caches.cpp), so a call that follows other work refetches its code and "
-        "weights from memory: a cost per call, not per step."
+        "weights from memory."
     )
     if scaling_before is not None:
         header.append(
