@@ -63,6 +63,7 @@ FLOP_RATE = 96e9  # MKL sgemm, one core, from the notes
 BANDWIDTH = [(24 * 1024, 215e9), (768 * 1024, 110e9), (1536 * 1024, 97e9), (12 * 1024 * 1024, 80e9)]  # L1..L3
 DRAM = 23e9
 START, END = "<!-- bench/cpu.py: start -->", "<!-- bench/cpu.py: end -->"
+INFERENCE_ROUNDS = (3, 41)  # the fewest and most rounds of an inference table's calls, fewer where a call does more
 
 
 def floor_us(batch: int, hidden: int, inputs: int, flop_rate: float = FLOP_RATE, bandwidth: float = 0.0) -> float:
@@ -199,7 +200,8 @@ def inference(steps: int, batches: list[int], hiddens: list[int], directory: str
                 expected, got = reference(x)[0], gru(x)[0]
                 assert (expected - got).abs().max().item() < 1e-4
                 work = 2 * batch * 3 * hidden * hidden * steps
-                rounds = max(3, min(41, int(1e10 / work)))  # fewer rounds where one call takes seconds
+                fewest, most = INFERENCE_ROUNDS
+                rounds = max(fewest, min(most, int(1e10 / work)))  # fewer rounds where one call takes seconds
                 medians = interleaved(fns, rounds)
             per_step = {name: seconds / steps * 1e6 for name, seconds in medians.items()}
             row = {"B": batch, "H": hidden, "T": steps, **per_step, "floor": floor_us(batch, hidden, hidden)}
@@ -403,7 +405,7 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
     lines = [START, "## CPU (bench/cpu.py)", "", *header, ""]
     lines += [
         f"Full-sequence inference, T = {infer[0]['T']}, input = hidden, {one} thread, µs per time step (medians of "
-        "3 to 41 interleaved rounds, fewer where a call does more work):",
+        f"{INFERENCE_ROUNDS[0]} to {INFERENCE_ROUNDS[1]} interleaved rounds, fewer where a call does more work):",
         "",
         "| B | H | torch.nn.GRU | onnxruntime | grukit cpu | floor | grukit % of floor | floor here | % of floor here "
         "| read GB/s here | speed-up vs torch | vs ort |",
