@@ -886,6 +886,8 @@ def test_two_threads_give_the_same_bits(reset_after, batch, regularisers, two_th
         # with a barrier in every step (counted as passed: whether a thread waited at one is timing)
         assert after["barriers"] >= before["barriers"] + len(x)
         assert after["barrier_sleeps"] - before["barrier_sleeps"] <= after["barrier_waits"] - before["barrier_waits"]
+        # the back-off's inputs: the threads' time at work in split jobs grows, their time waiting never shrinks
+        assert after["work_ns"] > before["work_ns"] and after["wait_ns"] >= before["wait_ns"]
         for i, (a, b) in enumerate(zip(one, two, strict=True)):  # 0, 1: outputs, state; then the gradients
             assert torch.equal(a, b), f"{fn.__name__}: result {i} differs by {(a - b).abs().max().item():.3g}"
 

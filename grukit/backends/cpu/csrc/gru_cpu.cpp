@@ -2916,10 +2916,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         auto& team = grukit::Team::instance();
         return py::dict(py::arg("split_jobs") = team.split_jobs(), py::arg("barriers") = team.barriers(),
                         py::arg("barrier_waits") = team.barrier_waits(),
-                        py::arg("barrier_sleeps") = team.barrier_sleeps(), py::arg("backoffs") = team.backoffs());
+                        py::arg("barrier_sleeps") = team.barrier_sleeps(), py::arg("backoffs") = team.backoffs(),
+                        py::arg("work_ns") = team.work_ns(), py::arg("wait_ns") = team.wait_ns());
       },
       "counts so far: jobs split over two threads, barriers passed, of them waited at (timing: maybe none), of "
-      "those slept at, back-offs to one thread");
+      "those slept at, back-offs to one thread; the two threads' ns of work and of waiting for each other in split "
+      "jobs (what the back-off judges)");
   m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
         "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
         "torch allows two threads and the step is large enough", py::arg("mode"));

@@ -5,13 +5,17 @@
 //
 // Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the worker. The job runs on
 // one thread instead when n is 1, when the worker is serving another caller (two Python threads calling kernels at
-// once), after a fork (the child has no worker), or while backing off: when a quarter of a job's barriers had to
-// sleep (the other core is busy, so each step would wait for a descheduled partner), jobs run on one thread for
-// kMinBackoffNs, then two threads are tried again; each back-off that follows a failed retry lasts twice as long
-// (at most kMaxBackoffNs), and a retry that goes well resets it. A duration, not a count of jobs: a count would
-// span seconds of long calls after one short burst on the other core, or no time at all for streaming steps.
-// set_mode() pins the choice (tests, benchmarks). Inside a job, part.sync() is a barrier of the job's threads. Results never depend on the thread count: the kernels give each
-// hidden unit to one thread with the same arithmetic.
+// once), after a fork (the child has no worker), or while backing off. Both threads time their work and their
+// waits (at barriers, and the caller's for the worker at a job's end); over a window (kJudgeJobs jobs, or kJudgeNs
+// of the two threads' time), two threads took S = (work + waits) / 2 of wall time against about work on one, so
+// the split pays while waits < work. When waits pass 3/4 of work (kBackoffShare; the other core is busy, its thread
+// descheduled, or each call has to wake a sleeping worker), jobs run on one thread for kMinBackoffNs, then two
+// threads are tried again; each back-off that follows a failed retry lasts twice as long (at most kMaxBackoffNs),
+// and a retry that goes well resets it. A duration, not a count of jobs: a count would span seconds of long calls
+// after one short burst on the other core, or no time at all for streaming steps. Time, not the number of waits
+// that slept: a sleep and its wake (tens of µs on a VM) sink a 10 µs job but not a 500 µs one.
+// set_mode() pins the choice (tests, benchmarks). Inside a job, part.sync() is a barrier of the job's threads.
+// Results never depend on the thread count: the kernels give each hidden unit to one thread with the same arithmetic.
 
 #pragma once
 
@@ -102,7 +106,10 @@ class Team {
   static constexpr int64_t kBarrierSpinNs = 50000;     // the least: more than a futex wake takes (see sync)
   static constexpr int64_t kMaxBarrierSpinNs = 200000;  // the most (a step of about a millisecond)
   static constexpr int64_t kSpinShare = 4;              // spin up to a quarter of the waiter's own step
-  static constexpr int64_t kIdleSpinNs = 30000;    // the worker waits this long for the next call (streaming)
+  static constexpr int64_t kIdleSpinNs = 30000;  // the least the worker spins for the next call (streaming)
+  static constexpr int kJudgeJobs = 32;               // the window of a judgement: this many jobs,
+  static constexpr int64_t kJudgeNs = 4'000'000;      // or this much of the two threads' time, whichever comes first
+  static constexpr int64_t kBackoffShare = 4;         // back off when waits > 3/4 of work: 2 threads < 8/7x
   static constexpr int64_t kMinBackoffNs = 50'000'000;   // 50 ms
   static constexpr int64_t kMaxBackoffNs = 5'000'000'000;  // 5 s
   enum Mode { kNever = 0, kAuto = 1, kAlways = 2 };
@@ -129,15 +136,26 @@ class Team {
     call_ = [](void* ctx, Part part) { (*static_cast<std::remove_reference_t<F>*>(ctx))(part); };
     ctx_ = &job;
     const uint32_t done = done_.get();
+    segment_start() = Clock::now();
     jobs_.publish(jobs_.get() + 1);
     job(Part{0, 2, this});
-    ++syncs_;
-    if (done_.wait_while(done, kIdleSpinNs) > 0) ++slept_;
-    const uint64_t waits = slot_waits();  // the worker's slot is final: done_ was published after its job
-    const int64_t judged = syncs_ + static_cast<int64_t>(waits - judged_waits_);
-    if (judged >= 32) {  // judged over the last 32 or more waits (one job of many steps, or many streaming calls)
-      judged_waits_ = waits;
-      if (4 * slept_ > judged) {
+    // The job's end is its last barrier, with the worker's arrival published by done_.
+    const auto arrive = Clock::now();
+    Slot& mine = slots_[0];
+    const int64_t worked = ns_between(segment_start(), arrive);
+    add(mine.work_ns, worked);
+    if (done_.get() == done) {
+      done_.wait_while(done, spin_ns(worked));
+      add(mine.wait_ns, ns_between(arrive, Clock::now()));
+    }
+    ++jobs_judged_;
+    // The worker's slot is final: done_ was published after its job.
+    const int64_t work = work_ns() - judged_work_, waits = wait_ns() - judged_wait_;
+    if (jobs_judged_ >= kJudgeJobs || work + waits >= kJudgeNs) {
+      judged_work_ += work;
+      judged_wait_ += waits;
+      jobs_judged_ = 0;
+      if (kBackoffShare * waits > (kBackoffShare - 1) * work) {
         const int64_t wait = backoff_ns_;
         solo_until_ = steady_ns() + wait;
         backoff_ns_ = std::min(2 * wait, kMaxBackoffNs);
@@ -145,7 +163,6 @@ class Team {
       } else {
         backoff_ns_ = kMinBackoffNs;
       }
-      syncs_ = slept_ = 0;
     }
   }
 
@@ -163,21 +180,21 @@ class Team {
   uint64_t barrier_waits() const { return slot_waits(); }
   uint64_t barrier_sleeps() const { return barrier_sleeps_.load(std::memory_order_relaxed); }
   uint64_t backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
+  int64_t work_ns() const {
+    return slots_[0].work_ns.load(std::memory_order_relaxed) + slots_[1].work_ns.load(std::memory_order_relaxed);
+  }
+  int64_t wait_ns() const {
+    return slots_[0].wait_ns.load(std::memory_order_relaxed) + slots_[1].wait_ns.load(std::memory_order_relaxed);
+  }
 
   // The barrier of a two-thread job. Each thread counts its arrivals in its own cache line and waits for its
   // partner's count to reach its own: one line crosses the cores each way, in parallel (a shared counter and a
   // published flag cost two or three such trips in a row, about a microsecond per step on this VM). The waiter spins
-  // for max(kBarrierSpinNs, its own work since its last barrier / kSpinShare, twice the last wake from a barrier
-  // sleep), at most kMaxBarrierSpinNs, before it sleeps: two halves of a long step finish microseconds apart (a
-  // fixed few-µs spin would sleep at every step, and every sleep costs a futex wake), while a partner descheduled by
-  // a busy core costs at most that share of a step before the wait sleeps. The wake term breaks convoys: on a VM
-  // waking a sleeping vCPU can take longer (80 µs measured here) than the base spin, so after one sleep the woken
-  // thread arrives late at every later barrier, the partner's spin runs out, it sleeps in turn, and every step pays
-  // a wake.
+  // for spin_ns(its own work since its last barrier) before it sleeps. Both threads add their work and their wait
+  // to their own slot (the back-off's judgement, in run).
   void sync(int tid) {
-    using Clock = std::chrono::steady_clock;
-    thread_local Clock::time_point last_exit{};
     const auto arrive = Clock::now();
+    const int64_t worked_ns = ns_between(segment_start(), arrive);
     Slot& mine = slots_[tid];
     const Slot& other = slots_[1 - tid];
     const uint32_t gen = mine.arrived.load(std::memory_order_relaxed) + 1;
@@ -190,11 +207,10 @@ class Team {
     auto partner_here = [&] {
       return static_cast<int32_t>(other.arrived.load(std::memory_order_acquire) - gen) >= 0;
     };
+    add(mine.work_ns, worked_ns);
     if (!partner_here()) {
       mine.waits.store(mine.waits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      const int64_t worked_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(arrive - last_exit).count();
-      const int64_t wanted = std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed));
-      const auto spin = std::chrono::nanoseconds(std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted)));
+      const auto spin = std::chrono::nanoseconds(spin_ns(worked_ns));
       bool here = false;
       for (int i = 1; !(here = partner_here()); ++i) {
         GRUKIT_PAUSE();
@@ -209,14 +225,43 @@ class Team {
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         wake_ns_.store(std::max<int64_t>(1, steady_ns() - published_.load(std::memory_order_relaxed)),
                        std::memory_order_relaxed);
-        slept_.fetch_add(1, std::memory_order_relaxed);
         barrier_sleeps_.fetch_add(1, std::memory_order_relaxed);
       }
+      segment_start() = Clock::now();
+      add(mine.wait_ns, ns_between(arrive, segment_start()));
+    } else {
+      segment_start() = arrive;
     }
-    last_exit = Clock::now();
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  // When this thread's work since its last barrier (or its job's start) began.
+  static Clock::time_point& segment_start() {
+    thread_local Clock::time_point start{};
+    return start;
+  }
+  static int64_t ns_between(Clock::time_point from, Clock::time_point to) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+  }
+  // Adds to a counter only its own thread writes (no read-modify-write across cores).
+  static void add(std::atomic<int64_t>& counter, int64_t ns) {
+    counter.store(counter.load(std::memory_order_relaxed) + ns, std::memory_order_relaxed);
+  }
+
+  // How long a thread that worked worked_ns spins for its partner before it sleeps: max(kBarrierSpinNs,
+  // worked_ns / kSpinShare, twice the last wake from a barrier sleep), at most kMaxBarrierSpinNs. Two halves of a
+  // long step finish microseconds apart (a fixed few-µs spin would sleep at every step, and every sleep costs a
+  // futex wake), while a partner descheduled by a busy core costs at most that share of a step before the wait
+  // sleeps. The wake term breaks convoys: on a VM waking a sleeping vCPU can take longer (80 µs measured here) than
+  // the base spin, so after one sleep the woken thread arrives late at every later barrier, the partner's spin runs
+  // out, it sleeps in turn, and every step pays a wake.
+  int64_t spin_ns(int64_t worked_ns) const {
+    const int64_t wanted = std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed));
+    return std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted));
+  }
+
   uint64_t slot_waits() const {
     return slots_[0].waits.load(std::memory_order_relaxed) + slots_[1].waits.load(std::memory_order_relaxed);
   }
@@ -230,11 +275,18 @@ class Team {
     return false;
   }
 
+  // The worker: between jobs it spins up to a quarter of its last job's last segment (at least kIdleSpinNs, at most
+  // kMaxBarrierSpinNs), so that streaming calls, each a job, find it awake though the caller's half ends later.
   void loop(uint32_t seen /* the job count before this thread's first job */) {
+    int64_t spin = kIdleSpinNs;
     for (;;) {
-      jobs_.wait_while(seen, kIdleSpinNs);
+      jobs_.wait_while(seen, spin);
       seen = jobs_.get();
+      segment_start() = Clock::now();
       call_(ctx_, Part{1, 2, this});
+      const int64_t worked = ns_between(segment_start(), Clock::now());
+      add(slots_[1].work_ns, worked);
+      spin = std::max(kIdleSpinNs, std::min(kMaxBarrierSpinNs, worked / kSpinShare));
       done_.publish(done_.get() + 1);
     }
   }
@@ -245,24 +297,24 @@ class Team {
   void (*call_)(void*, Part) = nullptr;
   void* ctx_ = nullptr;
   Signal jobs_, done_;
-  struct alignas(64) Slot {  // written by one thread only: its barrier arrivals, and how many of them waited
+  struct alignas(64) Slot {  // written by one thread only: its barrier arrivals, how many of them waited, and ns
     std::atomic<uint32_t> arrived{0};
     std::atomic<uint64_t> waits{0};
+    std::atomic<int64_t> work_ns{0}, wait_ns{0};  // of work and of waiting for the partner, in jobs of two
   };
   Slot slots_[2];
   alignas(64) std::atomic<int> sleepers_{0};  // threads asleep at the barrier (read at every barrier, rarely written)
   std::atomic<int64_t> published_{0};         // steady_ns() of the arrival that woke a sleeper
   std::mutex mutex_;
   std::condition_variable cv_;
-  uint64_t judged_waits_ = 0;  // slots' waits at the last judgement (run)
+  int64_t judged_work_ = 0, judged_wait_ = 0;  // the slots' sums at the last judgement (run)
+  int jobs_judged_ = 0;                         // jobs since then
   std::atomic<uint64_t> split_jobs_{0};
   std::atomic<uint64_t> barrier_sleeps_{0}, backoffs_{0};
   std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
   std::atomic<int64_t> solo_until_{0};              // steady_ns() until which jobs run on one thread, or 0
   std::atomic<int64_t> backoff_ns_{kMinBackoffNs};  // the next back-off's length
-  int syncs_ = 0;              // job ends since the last judgement (the caller's; barrier waits are in the slots)
-  std::atomic<int> slept_{0};  // of those and the barrier waits since then, how many had to sleep
 };
 
 inline void Part::sync() const {
