@@ -177,15 +177,11 @@ class Team {
   // Barriers passed; of them waited at (the partner not there yet: timing, so possibly none), of those slept at;
   // back-offs to one thread; all so far (diagnostics).
   uint64_t barriers() const { return slots_[0].arrived.load(std::memory_order_relaxed); }
-  uint64_t barrier_waits() const { return slot_waits(); }
+  uint64_t barrier_waits() const { return both(&Slot::waits); }
   uint64_t barrier_sleeps() const { return barrier_sleeps_.load(std::memory_order_relaxed); }
   uint64_t backoffs() const { return backoffs_.load(std::memory_order_relaxed); }
-  int64_t work_ns() const {
-    return slots_[0].work_ns.load(std::memory_order_relaxed) + slots_[1].work_ns.load(std::memory_order_relaxed);
-  }
-  int64_t wait_ns() const {
-    return slots_[0].wait_ns.load(std::memory_order_relaxed) + slots_[1].wait_ns.load(std::memory_order_relaxed);
-  }
+  int64_t work_ns() const { return both(&Slot::work_ns); }
+  int64_t wait_ns() const { return both(&Slot::wait_ns); }
 
   // The barrier of a two-thread job. Each thread counts its arrivals in its own cache line and waits for its
   // partner's count to reach its own: one line crosses the cores each way, in parallel (a shared counter and a
@@ -258,12 +254,18 @@ class Team {
   // the base spin, so after one sleep the woken thread arrives late at every later barrier, the partner's spin runs
   // out, it sleeps in turn, and every step pays a wake.
   int64_t spin_ns(int64_t worked_ns) const {
-    const int64_t wanted = std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed));
-    return std::max(kBarrierSpinNs, std::min(kMaxBarrierSpinNs, wanted));
+    return bounded_spin(kBarrierSpinNs, std::max(worked_ns / kSpinShare, 2 * wake_ns_.load(std::memory_order_relaxed)));
+  }
+  // A wanted spin within [least, kMaxBarrierSpinNs].
+  static int64_t bounded_spin(int64_t least, int64_t wanted) {
+    return std::max(least, std::min(kMaxBarrierSpinNs, wanted));
   }
 
-  uint64_t slot_waits() const {
-    return slots_[0].waits.load(std::memory_order_relaxed) + slots_[1].waits.load(std::memory_order_relaxed);
+  struct Slot;  // below, with the members
+  // A slot counter's sum over both threads.
+  template <typename V>
+  V both(std::atomic<V> Slot::*field) const {
+    return (slots_[0].*field).load(std::memory_order_relaxed) + (slots_[1].*field).load(std::memory_order_relaxed);
   }
 
   // Whether a back-off is running (the clock is read only while one was set).
@@ -286,7 +288,7 @@ class Team {
       call_(ctx_, Part{1, 2, this});
       const int64_t worked = ns_between(segment_start(), Clock::now());
       add(slots_[1].work_ns, worked);
-      spin = std::max(kIdleSpinNs, std::min(kMaxBarrierSpinNs, worked / kSpinShare));
+      spin = bounded_spin(kIdleSpinNs, worked / kSpinShare);
       done_.publish(done_.get() + 1);
     }
   }
