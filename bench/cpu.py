@@ -31,6 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _quiet_bars(text: str) -> tuple[float, float]:
+    """--quiet's GFLOPS,SCALING."""
+    try:
+        gflops, scaling = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes two numbers, GFLOPS,SCALING (e.g. 88,1.8); got {text!r}") from None
+    return gflops, scaling
+
+
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2", help="thread counts to compare, comma-separated (default 1,2)")
@@ -42,7 +51,7 @@ def _args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--quiet",
-        default="",
+        type=_quiet_bars,
         metavar="GFLOPS,SCALING",
         help="first wait until two sgemm checks in a row show at least GFLOPS on one thread and SCALING on the most "
         "threads against one (the other core free), for up to --quiet-wait seconds; off by default",
@@ -50,14 +59,6 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=3600.0, help="seconds --quiet waits at most (3600)")
     args = parser.parse_args()
     args.threads = [int(n) for n in args.threads.split(",")]
-    raw, args.quiet = args.quiet, None
-    if raw:
-        try:
-            args.quiet = tuple(float(v) for v in raw.split(","))
-        except ValueError:
-            args.quiet = ()
-        if len(args.quiet) != 2:
-            parser.error(f"--quiet takes two numbers, GFLOPS,SCALING (e.g. 88,1.8); got {raw!r}")
     return args
 
 
