@@ -63,10 +63,9 @@ def _args() -> argparse.Namespace:
 
 
 ARGS = _args()
+SPLIT_POOLS = {0: "its own worker thread (OMP_WAIT_POLICY=PASSIVE)", 1: "torch's OpenMP threads"}
 os.environ["OMP_NUM_THREADS"] = str(max(ARGS.threads))  # before torch is imported: the pool's size
 os.environ["MKL_NUM_THREADS"] = str(max(ARGS.threads))
-if len(ARGS.threads) > 1:  # an OpenMP pool that spins after a 2-thread call steals the core from the next 1-thread one
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["GRUKIT_CPU_PACK_CACHE"] = str(ARGS.pack_cache)  # read when grukit's cpu backend is imported
 
 import torch  # noqa: E402
@@ -585,8 +584,8 @@ def main() -> None:
         "the floor assumes; cold calls below); medians over rounds.",
         f"- Threads: {', '.join(map(str, ARGS.threads))}, interleaved in the same rounds (torch.set_num_threads before "
         "each call, which sets grukit's too; onnxruntime: one session per intra_op_num_threads); OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (PASSIVE: torch's OpenMP threads sleep between parallel "
-        "regions instead of spinning into the next call's time).",
+        f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, as the caller's environment has it; grukit's split on "
+        f"{SPLIT_POOLS[ext.split_stats()['pool']]}.",
         f"- torch {torch.__version__}, onnxruntime {ort_version}, Python {platform.python_version()}.",
         f"- grukit cpu packed-weight cache: {ARGS.pack_cache} entries (opt-in, GRUKIT_CPU_PACK_CACHE; off by default;"
         " `--pack-cache 0` measures the default; the stepper never uses it).",

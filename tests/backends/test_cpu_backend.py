@@ -26,7 +26,7 @@ if shutil.which(os.environ.get("CXX", "c++")) is None:
     pytest.skip("no C++ compiler: the cpu backend cannot be built here", allow_module_level=True)
 
 from grukit.backends.cpu import CpuBackend, load_extension
-from grukit.backends.cpu.build import BASE_FLAGS, NATIVE_FLAGS, build_dir
+from grukit.backends.cpu.build import build_dir, flag_sets
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -543,7 +543,7 @@ def test_decline_other_devices_and_compile_tracing():
 
 def test_the_build_cache_is_reused(tmp_path):
     """A new process loads the cached library without compiling: well under the first build's time."""
-    name, directory = build_dir(BASE_FLAGS + NATIVE_FLAGS)
+    name, directory = build_dir(flag_sets()[0])
     assert directory.is_dir() and (directory / f"{name}.so").is_file()
     code = "import time, grukit.backends.cpu as c; t = time.perf_counter(); c.load_extension()"
     code += "; print(time.perf_counter() - t)"
@@ -824,14 +824,31 @@ def test_the_stepper_refuses_autograd_and_wrong_dtypes(monkeypatch):
         assert stepper(torch.randn(2, 3, requires_grad=True)).shape == (2, 4)
 
 
-@pytest.fixture
-def two_threads():
-    """Two torch threads for the whole test (torch's own GEMMs then run alike on both sides of a comparison)."""
-    saved = torch.get_num_threads()
+@pytest.fixture(params=[1, 0], ids=["openmp-pool", "own-worker"])
+def two_threads(request):
+    """Two torch threads for the whole test (torch's own GEMMs then run alike on both sides of a comparison), the
+    split's second thread from torch's OpenMP pool or grukit's own worker."""
+    ext = load_extension()
+    saved, pool = torch.get_num_threads(), ext.split_stats()["pool"]
     torch.set_num_threads(2)
+    ext.set_split_pool(request.param)
     yield
-    load_extension().set_split_mode(1)
+    ext.set_split_mode(1)
+    ext.set_split_pool(pool)
     torch.set_num_threads(saved)
+
+
+def test_the_split_pool_defaults_by_wait_policy():
+    """torch's OpenMP threads unless OMP_WAIT_POLICY=PASSIVE (read when the team is first used), in a new process."""
+    code = "from grukit.backends.cpu import load_extension as l; print(l().split_stats()['pool'])"
+    for policy, pool in (("PASSIVE", "0"), ("passive", "0"), ("ACTIVE", "1"), (None, "1")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy is not None:
+            env["OMP_WAIT_POLICY"] = policy
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert out.stdout.strip() == pool, (policy, out)
+    with pytest.raises(ValueError, match="not a pool"):
+        load_extension().set_split_pool(2)
 
 
 def _unsplit_and_split(fn):
@@ -998,3 +1015,35 @@ def test_bf16_stepper_needs_a_float32_fused_model(monkeypatch):
     for model in (grukit.GRU(3, 4, dtype=torch.float64), grukit.GRU(3, 4, layer_norm=True)):
         with pytest.raises(ValueError, match="bf16"):
             model.eval().stepper(bf16=True)
+
+
+_FORK_AFTER_SPLIT = """
+import os, sys, torch, grukit
+from grukit.backends.cpu import load_extension
+ext = load_extension()
+ext.set_split_pool(int(sys.argv[1]))
+torch.set_num_threads(2)
+torch.manual_seed(0)
+gru, x = grukit.GRU(8, 260), torch.randn(5, 2, 8)
+with torch.no_grad():
+    expected = gru(x)[0]
+assert ext.split_stats()["split_jobs"] > 0
+pid = os.fork()
+if pid == 0:  # the child has neither the worker nor OpenMP's threads: its steps run on one thread
+    with torch.no_grad():
+        ok = torch.equal(gru(x)[0], expected) and ext.split_stats()["split_jobs"] == 1
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("pool", [1, 0], ids=["openmp-pool", "own-worker"])
+def test_a_forked_child_runs_split_sized_steps_on_one_thread(pool, monkeypatch):
+    """After the parent split steps over two threads, a forked child (a DataLoader worker) neither hangs on the
+    threads it lacks nor changes a bit."""
+    monkeypatch.setenv(dispatch.ENV_VAR, "cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_SPLIT, str(pool)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "0", out

@@ -35,6 +35,15 @@ import torch
 CSRC = Path(__file__).with_name("csrc")
 BASE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno", "-Wno-unused-function"]
 NATIVE_FLAGS = ["-march=native"]
+# The two-thread split runs on torch's OpenMP threads (team.h): the extension links the libgomp torch loaded.
+OPENMP_FLAGS = ["-fopenmp"] if "parallel backend: OpenMP" in torch.__config__.parallel_info() else []
+
+
+def flag_sets() -> list[list[str]]:
+    """The builds tried, best first: OpenMP and -march=native, OpenMP alone, neither (a compiler that lacks them)."""
+    sets = [BASE_FLAGS + OPENMP_FLAGS + NATIVE_FLAGS, BASE_FLAGS + OPENMP_FLAGS, BASE_FLAGS]
+    return [flags for i, flags in enumerate(sets) if flags not in sets[:i]]
+
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -137,6 +146,7 @@ def _compile(name: str, directory: Path, flags: list[str], verbose: bool) -> Mod
             name=name,
             sources=[str(s) for s in _sources()],
             extra_cflags=flags,
+            extra_ldflags=[f for f in flags if f in OPENMP_FLAGS],
             build_directory=str(directory),
             verbose=verbose,
         )
@@ -151,7 +161,7 @@ def load_extension(verbose: bool = False) -> ModuleType:
     with _lock:
         if _module is not None:
             return _module
-        attempts = [BASE_FLAGS + NATIVE_FLAGS, BASE_FLAGS]
+        attempts = flag_sets()
         for flags in attempts:  # a cached build needs no compiler
             module = _import_built(*build_dir(flags))
             if module is not None:
@@ -172,6 +182,6 @@ def load_extension(verbose: bool = False) -> ModuleType:
             try:
                 _module = _compile(*build_dir(flags), flags, verbose)
                 return _module
-            except Exception as err:  # -march=native unknown to this compiler: try the portable flags
+            except Exception as err:  # -march=native or -fopenmp unknown to this compiler: try fewer flags
                 errors.append(f"flags {' '.join(flags)}: {err}")
         raise RuntimeError("building grukit's cpu kernels failed: " + " | ".join(errors))

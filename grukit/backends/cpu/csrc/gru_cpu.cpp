@@ -2917,11 +2917,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return py::dict(py::arg("split_jobs") = team.split_jobs(), py::arg("barriers") = team.barriers(),
                         py::arg("barrier_waits") = team.barrier_waits(),
                         py::arg("barrier_sleeps") = team.barrier_sleeps(), py::arg("backoffs") = team.backoffs(),
-                        py::arg("work_ns") = team.work_ns(), py::arg("wait_ns") = team.wait_ns());
+                        py::arg("work_ns") = team.work_ns(), py::arg("wait_ns") = team.wait_ns(),
+                        py::arg("pool") = team.pool());
       },
       "counts so far: jobs split over two threads, barriers passed, of them waited at (timing: maybe none), of "
       "those slept at, back-offs to one thread; the two threads' ns of work and of waiting for each other in split "
-      "jobs (what the back-off judges)");
+      "jobs (what the back-off judges); and the pool the second thread comes from (set_split_pool)");
+  m.def(
+      "set_split_pool",
+      [](int pool) {
+        TORCH_CHECK_VALUE(grukit::Team::instance().set_pool(pool), "set_split_pool: ", pool,
+                          " is not a pool this build has (0: grukit's own worker; 1: torch's OpenMP threads, in "
+                          "builds with OpenMP)");
+      },
+      "the split's second thread: 0 grukit's own worker, 1 one of torch's OpenMP threads (the default unless "
+      "OMP_WAIT_POLICY=PASSIVE; see team.h)",
+      py::arg("pool"));
   m.def("set_split_mode", [](int mode) { grukit::Team::instance().set_mode(mode); },
         "0: never split a step over two threads; 1 (default): when it pays and the other core is free; 2: whenever "
         "torch allows two threads and the step is large enough", py::arg("mode"));

@@ -1,11 +1,20 @@
-// A pair of threads for one kernel call: the calling thread and one persistent worker, with a barrier that spins
-// for a bounded time (50 µs, or a quarter of the waiter's step when that is longer, at most 200 µs) and then sleeps
-// on a condition variable (so a busy second core costs a bounded spin and a futex wake, never a spinning thread
-// that holds the core its partner needs for long).
+// A pair of threads for one kernel call: the calling thread and a second one, with a barrier that spins for a
+// bounded time (50 µs, or a quarter of the waiter's step when that is longer, at most 200 µs) and then sleeps on a
+// condition variable (so a busy second core costs a bounded spin and a futex wake, never a spinning thread that
+// holds the core its partner needs for long).
 //
-// Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the worker. The job runs on
-// one thread instead when n is 1, when the worker is serving another caller (two Python threads calling kernels at
-// once), after a fork (the child has no worker), or while backing off. Both threads time their work and their
+// The second thread is one of torch's OpenMP threads (an `omp parallel` region of two) by default. Under OpenMP's
+// default wait policy that thread spins for a while after each of torch's parallel calls (the input projection's
+// GEMM before a loop, the weight-gradient GEMMs after a backward); a thread of grukit's own would then share its
+// core with the spinner, and the split gained nothing (B = 8, H = 256, T = 256 inference: 1.00x). Under
+// OMP_WAIT_POLICY=PASSIVE OpenMP's threads sleep between regions, and waking one for each streaming step costs
+// more than half the step saves, so there the second thread is grukit's own persistent worker, which spins between
+// jobs for up to a quarter of its last one (set_pool chooses; the build may lack OpenMP, then always the worker).
+//
+// Team::instance().run(n, job) calls job(Part) with tid 0 on the caller and tid 1 on the second thread. The job
+// runs on one thread instead when n is 1, when the team is serving another caller (two Python threads calling
+// kernels at once), after a fork (the child has neither thread: OpenMP's pool does not survive a fork either), in a
+// region OpenMP gives one thread (nested in another), or while backing off. Both threads time their work and their
 // waits (at barriers, and the caller's for the worker at a job's end); over a window (kJudgeJobs jobs, or kJudgeNs
 // of the two threads' time), two threads took S = (work + waits) / 2 of wall time against about work on one, so
 // the split pays while waits < work. When waits pass 3/4 of work (kBackoffShare; the other core is busy, its thread
@@ -20,15 +29,21 @@
 #pragma once
 
 #include <pthread.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -131,6 +146,12 @@ class Team {
       return;
     }
     std::lock_guard<std::mutex> held(busy_, std::adopt_lock);
+#ifdef _OPENMP
+    if (pool_.load(std::memory_order_relaxed) == kOpenMP) {
+      if (run_openmp(job)) judge();
+      return;
+    }
+#endif
     split_jobs_.fetch_add(1, std::memory_order_relaxed);
     if (!worker_.joinable()) worker_ = std::thread([this, start = jobs_.get()] { loop(start); });
     call_ = [](void* ctx, Part part) { (*static_cast<std::remove_reference_t<F>*>(ctx))(part); };
@@ -148,8 +169,12 @@ class Team {
       done_.wait_while(done, spin_ns(worked));
       add(mine.wait_ns, ns_between(arrive, Clock::now()));
     }
+    judge();  // the worker's slot is final: done_ was published after its job
+  }
+
+  // Counts a job of two and, at the end of a window, decides whether to back off (see the file comment).
+  void judge() {
     ++jobs_judged_;
-    // The worker's slot is final: done_ was published after its job.
     const int64_t work = work_ns() - judged_work_, waits = wait_ns() - judged_wait_;
     if (jobs_judged_ >= kJudgeJobs || work + waits >= kJudgeNs) {
       judged_work_ += work;
@@ -165,6 +190,43 @@ class Team {
       }
     }
   }
+
+#ifdef _OPENMP
+  // Runs the job on torch's OpenMP pool, its region's closing barrier the job's end; false if the runtime gave the
+  // region one thread (nested in another region), which then ran the whole job.
+  template <typename F>
+  bool run_openmp(F& job) {
+    Clock::time_point caller_done{};
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_num_threads() < 2) {
+        job(Part{0, 1, this});
+      } else {
+        const int tid = omp_get_thread_num();
+        segment_start() = Clock::now();
+        job(Part{tid, 2, this});
+        const auto end = Clock::now();
+        add(slots_[tid].work_ns, ns_between(segment_start(), end));
+        if (tid == 0) caller_done = end;
+      }
+    }
+    if (caller_done == Clock::time_point{}) return false;
+    split_jobs_.fetch_add(1, std::memory_order_relaxed);
+    add(slots_[0].wait_ns, ns_between(caller_done, Clock::now()));
+    return true;
+  }
+#endif
+
+  // Which thread joins the caller: kOpenMP (one of torch's OpenMP threads; the default, where the extension was
+  // built with OpenMP and OMP_WAIT_POLICY is not PASSIVE) or kOwnWorker (grukit's own). Returns false for kOpenMP
+  // in a build without OpenMP.
+  enum Pool { kOwnWorker = 0, kOpenMP = 1 };
+  bool set_pool(int pool) {
+    if (pool != kOwnWorker && (pool != kOpenMP || !kHaveOpenMP)) return false;
+    pool_ = pool;
+    return true;
+  }
+  int pool() const { return pool_; }
 
   void set_mode(int mode) {
     mode_ = mode;
@@ -268,6 +330,19 @@ class Team {
     return (slots_[0].*field).load(std::memory_order_relaxed) + (slots_[1].*field).load(std::memory_order_relaxed);
   }
 
+#ifdef _OPENMP
+  static constexpr bool kHaveOpenMP = true;
+#else
+  static constexpr bool kHaveOpenMP = false;
+#endif
+  // kOpenMP unless OMP_WAIT_POLICY asks OpenMP's threads to sleep between regions (each job would wake one, tens of
+  // µs on a VM: streaming steps lose the split) or the build lacks OpenMP.
+  static int default_pool() {
+    const char* policy = std::getenv("OMP_WAIT_POLICY");
+    const bool passive = policy != nullptr && strcasecmp(policy, "passive") == 0;
+    return kHaveOpenMP && !passive ? kOpenMP : kOwnWorker;
+  }
+
   // Whether a back-off is running (the clock is read only while one was set).
   bool backing_off() {
     const int64_t until = solo_until_.load(std::memory_order_relaxed);
@@ -315,6 +390,7 @@ class Team {
   std::atomic<uint64_t> barrier_sleeps_{0}, backoffs_{0};
   std::atomic<int64_t> wake_ns_{0};  // how long the last wake from a barrier sleep took
   std::atomic<int> mode_{kAuto};
+  std::atomic<int> pool_{default_pool()};
   std::atomic<int64_t> solo_until_{0};              // steady_ns() until which jobs run on one thread, or 0
   std::atomic<int64_t> backoff_ns_{kMinBackoffNs};  // the next back-off's length
 };
