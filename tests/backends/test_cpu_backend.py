@@ -824,7 +824,10 @@ def test_the_stepper_refuses_autograd_and_wrong_dtypes(monkeypatch):
         assert stepper(torch.randn(2, 3, requires_grad=True)).shape == (2, 4)
 
 
-@pytest.fixture(params=[1, 0], ids=["openmp-pool", "own-worker"])
+_POOLS = {"openmp-pool": 1, "own-worker": 0}  # set_split_pool's values: torch's OpenMP threads, grukit's own worker
+
+
+@pytest.fixture(params=_POOLS.values(), ids=_POOLS.keys())
 def two_threads(request):
     """Two torch threads for the whole test (torch's own GEMMs then run alike on both sides of a comparison), the
     split's second thread from torch's OpenMP pool or grukit's own worker."""
@@ -1027,18 +1030,19 @@ torch.manual_seed(0)
 gru, x = grukit.GRU(8, 260), torch.randn(5, 2, 8)
 with torch.no_grad():
     expected = gru(x)[0]
-assert ext.split_stats()["split_jobs"] > 0
+jobs = ext.split_stats()["split_jobs"]
+assert jobs > 0
 pid = os.fork()
 if pid == 0:  # the child has neither the worker nor OpenMP's threads: its steps run on one thread
     with torch.no_grad():
-        ok = torch.equal(gru(x)[0], expected) and ext.split_stats()["split_jobs"] == 1
+        ok = torch.equal(gru(x)[0], expected) and ext.split_stats()["split_jobs"] == jobs
     os._exit(0 if ok else 1)
 _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status))
 """
 
 
-@pytest.mark.parametrize("pool", [1, 0], ids=["openmp-pool", "own-worker"])
+@pytest.mark.parametrize("pool", _POOLS.values(), ids=_POOLS.keys())
 def test_a_forked_child_runs_split_sized_steps_on_one_thread(pool, monkeypatch):
     """After the parent split steps over two threads, a forked child (a DataLoader worker) neither hangs on the
     threads it lacks nor changes a bit."""
