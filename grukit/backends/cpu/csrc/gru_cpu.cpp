@@ -357,6 +357,17 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
     for (int g = 0; g < G; ++g) acc[r][g] += odd_acc[r][g];
 }
 
+// v, held in a register. Without it GCC folds each weight load into every FMA that uses it (a memory operand per
+// FMA): R loads of each weight vector instead of one, and on 16-register builds the 3-row tile's 9 FMAs then wait
+// on 12 loads a k (two 32-byte loads a cycle), not on the FMA units.
+template <typename V>
+GRUKIT_INLINE V in_register(V v) {
+#if defined(__SSE__) && !defined(__AVX512F__)  // AVX-512 builds as measured before (103-113 % of the floor)
+  asm("" : "+x"(v));
+#endif
+  return v;
+}
+
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units (kAdd: added to
 // what acc holds, in the same registers); kstride, the distance between the panel's k rows, is G * N for a packed
 // panel (H for one read in place from (M, H) W_hh); src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk
@@ -396,7 +407,7 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
     for (int64_t k = 0; k < K; ++k) {
       V w[G];
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) w[g] = load<T>(panel + k * kstride + g * N, N);
+      for (int g = 0; g < G; ++g) w[g] = in_register(load<T>(panel + k * kstride + g * N, N));
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const V s = splat<T>(src[r * ld + k * sk]);
@@ -1630,7 +1641,9 @@ bool loop_ahead(int64_t T, int64_t B, int64_t I, int64_t H, int64_t element_byte
 // (its code and buffers evicted by whatever ran since the last call) reach 100 µs and more per call. On AMD CPUs it
 // serves every size: on an AMD EPYC, interleaved in one process against the GEMM (bench/projection.py), H = 1024 at
 // B = 1 / 8 / 64 ran 1.09x / 1.12x / 1.06x faster on one thread, 1.12x / 1.20x at B = 1 / 8 on two (each thread
-// projects its own panels: no GEMM split to join), H = 512 at B = 8 1.13x.
+// projects its own panels: no GEMM split to join), H = 512 at B = 8 1.13x. That was an AVX-512 build; on an AMD
+// EPYC with AVX2 alone (Zen 3, 3-row tiles) the micro-kernel ran 0.87-0.93x the GEMM at H = 1024, B = 1 / 8 / 64,
+// and 0.93x at H = 512, B = 8, so there the size rule holds as on other CPUs.
 constexpr int64_t kProjectBytes = 256 << 10;
 
 bool amd_cpu() {
@@ -1650,7 +1663,8 @@ std::atomic<int> projection_mode{1};
 
 bool project_with_kernel(int64_t I, int64_t H, int64_t element_bytes) {
   const int mode = projection_mode.load(std::memory_order_relaxed);
-  return mode == 2 || (mode == 1 && (amd_cpu() || 3 * H * I * element_bytes <= kProjectBytes));
+  const bool wide_amd = kVecBytes == 64 && amd_cpu();
+  return mode == 2 || (mode == 1 && (wide_amd || 3 * H * I * element_bytes <= kProjectBytes));
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh) {
