@@ -368,6 +368,22 @@ GRUKIT_INLINE V in_register(V v) {
   return v;
 }
 
+// acc[r][g] += src[r * ld] * w[g * N:] for one k: G weight vectors loaded once, R broadcasts.
+template <typename T, int R, int G>
+GRUKIT_INLINE void panel_row(const T* src, int64_t ld, const T* w, typename Simd<T>::V (&acc)[R][G]) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V wv[G];
+#pragma GCC unroll 4
+  for (int g = 0; g < G; ++g) wv[g] = in_register(load<T>(w + g * N, N));
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const V s = splat<T>(src[r * ld]);
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[r][g] += s * wv[g];
+  }
+}
+
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units (kAdd: added to
 // what acc holds, in the same registers); kstride, the distance between the panel's k rows, is G * N for a packed
 // panel (H for one read in place from (M, H) W_hh); src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk
@@ -404,17 +420,24 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
     }
     for (int g = 0; g < G; ++g) acc[0][g] += (a1[g] + a2[g]) + a3[g];
   } else {
-    for (int64_t k = 0; k < K; ++k) {
-      V w[G];
+    // C chains over k where the tile has too few accumulators to cover the FMA latency (R * G < 8: the backward's
+    // one-gate products, small row blocks; 3 chains of 4-cycle FMAs kept AVX2's 3-row one-gate tile at 3/8 of the
+    // FMA rate), added at the end.
+    constexpr int C = std::min(4, std::max(1, 8 / (R * G)));
+    V more[C][R][G];
+    for (int c = 1; c < C; ++c)
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) more[c][r][g] = V{};
+    int64_t k = 0;
+    for (; k + C <= K; k += C) {
+      panel_row<T, R, G>(src + k * sk, ld, panel + k * kstride, acc);
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) w[g] = in_register(load<T>(panel + k * kstride + g * N, N));
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const V s = splat<T>(src[r * ld + k * sk]);
-#pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) acc[r][g] += s * w[g];
-      }
+      for (int c = 1; c < C; ++c) panel_row<T, R, G>(src + (k + c) * sk, ld, panel + (k + c) * kstride, more[c]);
     }
+    for (; k < K; ++k) panel_row<T, R, G>(src + k * sk, ld, panel + k * kstride, acc);
+    for (int c = 1; c < C; ++c)
+      for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) acc[r][g] += more[c][r][g];
   }
 }
 
@@ -2411,7 +2434,8 @@ std::vector<at::Tensor> backward_through_time(const std::optional<at::Tensor>& d
 }
 
 // out[r][:] = a[r][:Kd] . b for the rows [r_begin, r_end) of out (rows, K) and its columns [c_begin, c_end) (all by
-// default; c_begin a multiple of N). a[r][k] is a[r * lda + k * sk]: a's rows, or with lda = 1 the columns of a
+// default; c_begin a multiple of N; the sums' order depends on the block a column falls in: split columns by groups
+// of 3 vectors for the same bits). a[r][k] is a[r * lda + k * sk]: a's rows, or with lda = 1 the columns of a
 // matrix (a transposed for free). b (Kd, K) row-major, read in place three vectors of columns at a time (the
 // forward's register-blocked micro-kernel over row blocks), then one, then a masked tail.
 template <typename T>
@@ -2488,10 +2512,10 @@ std::vector<at::Tensor> weight_grads(const at::Tensor& dgi2, const at::Tensor& d
           std::copy(bi + r0, bi + r1, bh + r0);
         }
       }
-      if (need_dx) {
-        constexpr int N = Simd<scalar_t>::N;
+      if (need_dx) {  // by groups of 3 column vectors, matmul_rows' widest (the same groups split or not)
+        constexpr int W = 3 * Simd<scalar_t>::N;
         matmul_rows<scalar_t>(gi, G3, 1, G3, w_ih.data_ptr<scalar_t>(), I, dx.data_ptr<scalar_t>(), 0, M,
-                              part.begin(I / N) * N, last ? I : part.end(I / N) * N);
+                              part.begin(I / W) * W, last ? I : part.end(I / W) * W);
       }
     });
   });
