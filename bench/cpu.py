@@ -78,7 +78,18 @@ from grukit.backends.cpu import load_extension  # noqa: E402
 FLOP_RATE = 96e9  # MKL sgemm, one core, from the notes
 BANDWIDTH = [(24 * 1024, 215e9), (768 * 1024, 110e9), (1536 * 1024, 97e9), (12 * 1024 * 1024, 80e9)]  # L1..L3
 DRAM = 23e9
-START, END = "<!-- bench/cpu.py: start -->", "<!-- bench/cpu.py: end -->"
+
+
+def section_names(vector_bits: int) -> tuple[str, str, str]:
+    """(start marker, end marker, title) of this build's section: AVX-512 builds (512-bit vectors, the notes'
+    machine) write "CPU", others their own section beside it (AVX2 machines: 3-row tiles, half the FMA width), so
+    a run on one kind of machine never replaces the other's table."""
+    if vector_bits == 512:
+        return "<!-- bench/cpu.py: start -->", "<!-- bench/cpu.py: end -->", "## CPU (bench/cpu.py)"
+    name = f"bench/cpu.py {vector_bits}-bit"
+    return f"<!-- {name}: start -->", f"<!-- {name}: end -->", f"## CPU, {vector_bits}-bit vector build (bench/cpu.py)"
+
+
 INFERENCE_ROUNDS = (3, 41)  # the fewest and most rounds of an inference table's calls, fewer where a call does more
 
 
@@ -439,7 +450,8 @@ def _mib(value: float | None) -> str:
 
 def markdown(header: list[str], infer: list[dict], stream: list[dict], train: list[dict]) -> str:
     one, more = min(ARGS.threads), [n for n in ARGS.threads if n != min(ARGS.threads)]
-    lines = [START, "## CPU (bench/cpu.py)", "", *header, ""]
+    start, end, title = section_names(load_extension().vector_bytes() * 8)
+    lines = [start, title, "", *header, ""]
     lines += [
         f"Full-sequence inference, T = {infer[0]['T']}, input = hidden, {one} thread, µs per time step (medians of "
         f"{INFERENCE_ROUNDS[0]} to {INFERENCE_ROUNDS[1]} interleaved rounds, fewer where a call does more work):",
@@ -522,7 +534,7 @@ def markdown(header: list[str], infer: list[dict], stream: list[dict], train: li
     )
     for n in more:
         lines += _threads_tables(one, n, infer, stream, train)
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -621,7 +633,8 @@ def main() -> None:
             "other core is free; the grukit n-thread / 1-thread speed-ups below are bounded by it)."
         )
     section = markdown(header, infer, stream, train)
-    publish(section, None if ARGS.no_write else Path(ARGS.out), START, END)
+    start, end, _ = section_names(ext.vector_bytes() * 8)
+    publish(section, None if ARGS.no_write else Path(ARGS.out), start, end)
 
 
 if __name__ == "__main__":
