@@ -12,7 +12,8 @@ median over rounds, so the 2-thread / 1-thread ratios come from one run. The flo
 ../shared/notes/cpu-baselines.md's formula: max(2·B·3H·H / 96e9, 3H²·4 bytes / bandwidth at that size) +
 2·B·3H·I / 96e9 seconds per step (one thread), with the ceilings the notes measured on an AMD EPYC; "floor here"
 is the same formula with this machine's measured sgemm rate and one-thread read bandwidth at the size of W_hh
-(the notes' ceilings do not hold on other CPUs). The tables go into BENCHMARKS.md between this script's markers.
+(the notes' ceilings do not hold on other CPUs). The tables go into BENCHMARKS.md between this script's markers,
+one section per build's vector width (section_names).
 """
 
 from __future__ import annotations

@@ -422,7 +422,7 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
   } else {
     // C chains over k where the tile has too few accumulators to cover the FMA latency (R * G < 8: the backward's
     // one-gate products, small row blocks; 3 chains of 4-cycle FMAs kept AVX2's 3-row one-gate tile at 3/8 of the
-    // FMA rate), added at the end.
+    // FMA rate), added at the end. Chain 0 is acc itself (more[0] unused).
     constexpr int C = std::min(4, std::max(1, 8 / (R * G)));
     V more[C][R][G];
     for (int c = 1; c < C; ++c)
