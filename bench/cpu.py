@@ -449,9 +449,12 @@ def _mib(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def markdown(header: list[str], infer: list[dict], stream: list[dict], train: list[dict]) -> str:
+def markdown(
+    names: tuple[str, str, str], header: list[str], infer: list[dict], stream: list[dict], train: list[dict]
+) -> str:
+    """The section: ``names`` is section_names()' (start marker, end marker, title)."""
     one, more = min(ARGS.threads), [n for n in ARGS.threads if n != min(ARGS.threads)]
-    start, end, title = section_names(load_extension().vector_bytes() * 8)
+    start, end, title = names
     lines = [start, title, "", *header, ""]
     lines += [
         f"Full-sequence inference, T = {infer[0]['T']}, input = hidden, {one} thread, µs per time step (medians of "
@@ -633,9 +636,9 @@ def main() -> None:
             f"work: {scaling_before:.2f}x before the run, {sgemm_scaling(most):.2f}x after (about 1.9x when the "
             "other core is free; the grukit n-thread / 1-thread speed-ups below are bounded by it)."
         )
-    section = markdown(header, infer, stream, train)
-    start, end, _ = section_names(ext.vector_bytes() * 8)
-    publish(section, None if ARGS.no_write else Path(ARGS.out), start, end)
+    names = section_names(ext.vector_bytes() * 8)
+    section = markdown(names, header, infer, stream, train)
+    publish(section, None if ARGS.no_write else Path(ARGS.out), names[0], names[1])
 
 
 if __name__ == "__main__":
