@@ -386,6 +386,44 @@ GRUKIT_INLINE void panel_row(const T* src, int64_t ld, const T* w, typename Simd
   }
 }
 
+// The next panel a loop reads, fetched into L2 a cache line at a time while the current one's row blocks run
+// (panel_product's multi-row tiles call at(k) once per k they pass): where W_hh exceeds L2, a panel's first row
+// block otherwise waits on L3 for each line (the hardware prefetcher does not run far enough ahead). On an AMD EPYC
+// Zen 3 (AVX2, 512 KiB L2), the 4-row tile alone over 128 panels of 1024 x 24 floats (W_hh at H = 1024), 64 rows:
+// 71 GFLOP/s without, 84-86 with (16 panels, L2-resident: 82); forward_loop, bench/ab_builds.py: B8H1024 1.04-1.27x,
+// B16H1024 1.21x, reset_before B8H1024 1.11x, B64H1024 1.00-1.04x. Not at B = 1, a stream the hardware prefetcher
+// serves better (4 lines every 4 k made B1H512 0.85x, B1H1024 0.90x), and not for the step's gi rows (12 lines a
+// row block ahead made B64H256 0.88x).
+struct PanelAhead {
+  const char* next = nullptr;
+  const char* end = nullptr;
+  int64_t mask = 0;  // a line every mask + 1 k
+
+  // bytes at `panel`, over `blocks` row blocks of K k each: a line every 1, 2, 4 or 8 k, the sparsest that covers
+  // the panel (or every k, where even that does not). None for panels up to 32 KiB: those stay in L1 from the
+  // first row block on, and fetching the next one beside them evicts them (AMD fills L1 whatever the hint; at
+  // H = 256, 24 KiB panels, the fetch made B = 64 0.95x, reset_before B = 8 0.95x).
+  template <typename W>
+  GRUKIT_INLINE static PanelAhead over(const W* panel, int64_t bytes, int64_t blocks, int64_t K) {
+    if (bytes <= (32 << 10)) return PanelAhead{};
+    const int64_t per_line = blocks * K / std::max<int64_t>(1, bytes / 64);
+    int64_t every = 1;
+    while (every < 8 && 2 * every <= per_line) every *= 2;
+    const char* p = reinterpret_cast<const char*>(panel);
+    return PanelAhead{p, p + bytes, every - 1};
+  }
+
+  // What panel_product takes: null where there is nothing to fetch (no test in its loop).
+  PanelAhead* use() { return next < end ? this : nullptr; }
+
+  GRUKIT_INLINE void at(int64_t k) {
+    if ((k & mask) == 0 && next < end) {
+      __builtin_prefetch(next, 0, 2);
+      next += 64;
+    }
+  }
+};
+
 // acc[r][g] = sum_k src[r][k] * panel[k][g][:] for R batch rows and one panel of N hidden units (kAdd: added to
 // what acc holds, in the same registers); kstride, the distance between the panel's k rows, is G * N for a packed
 // panel (H for one read in place from (M, H) W_hh); src[r][k] is src[r * ld + k * sk] (sk = 1: rows; ld = 1 and sk
@@ -393,7 +431,7 @@ GRUKIT_INLINE void panel_row(const T* src, int64_t ld, const T* w, typename Simd
 template <typename T, int R, int G, bool kAdd = false>
 GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_t ld, int64_t K,
                                  const T* panel /* (K, G, N) */, typename Simd<T>::V (&acc)[R][G],
-                                 int64_t kstride = G * Simd<T>::N, int64_t sk = 1) {
+                                 int64_t kstride = G * Simd<T>::N, int64_t sk = 1, PanelAhead* ahead = nullptr) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
   if constexpr (!kAdd) {
@@ -432,6 +470,7 @@ GRUKIT_INLINE void panel_product(const T* src /* (R, ld) rows, K used */, int64_
         for (int g = 0; g < G; ++g) more[c][r][g] = V{};
     int64_t k = 0;
     for (; k + C <= K; k += C) {
+      if (ahead) ahead->at(k);
       panel_row<T, R, G>(src + k * sk, ld, panel + k * kstride, acc);
 #pragma GCC unroll 4
       for (int c = 1; c < C; ++c) panel_row<T, R, G>(src + (k + c) * sk, ld, panel + (k + c) * kstride, more[c]);
@@ -465,6 +504,13 @@ inline void for_row_blocks(int64_t B, F&& body) {
     for (; b0 + 2 <= B; b0 += 2) body(Rows<2>{}, b0);
   }
   for (; b0 < B; b0 += 1) body(Rows<1>{}, b0);
+}
+
+// How many row blocks for_row_blocks runs over B rows.
+inline int64_t row_blocks(int64_t B) {
+  int64_t blocks = 0;
+  for_row_blocks(B, [&](auto, int64_t) { ++blocks; });
+  return blocks;
 }
 
 // The panel a loop visits i-th (i in [begin, end)): begin + i forward, end - 1 - i backward. The loops over time
@@ -538,13 +584,14 @@ GRUKIT_INLINE void input_gates(const InputSide<T>& side, int64_t t, int64_t B, i
 // (reset_after's W_hn h, from zero into acc[r][2]; in[r][2] stays the input side of n).
 template <typename T, int R, int G>
 GRUKIT_INLINE void gate_preactivations(const typename Simd<T>::V (&in)[R][3], const T* src /* (R, H) rows */,
-                                       int64_t H, const T* panel /* (H, G, N) */, typename Simd<T>::V (&acc)[R][G]) {
+                                       int64_t H, const T* panel /* (H, G, N) */, typename Simd<T>::V (&acc)[R][G],
+                                       PanelAhead* ahead = nullptr) {
   for (int r = 0; r < R; ++r) {
     acc[r][0] = in[r][0];
     acc[r][1] = in[r][1];
     if constexpr (G == 3) acc[r][2] = typename Simd<T>::V{};
   }
-  panel_product<T, R, G, true>(src, H, H, panel, acc);
+  panel_product<T, R, G, true>(src, H, H, panel, acc, G * Simd<T>::N, 1, ahead);
 }
 
 // gi[row][g*H + j] = x[row] W_ih^T + fold for the hidden units of panels [p_begin, p_end) and all T*B rows, from
@@ -647,11 +694,15 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 3 * N;
         const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
+        PanelAhead ahead;
+        if (i + 1 < p_end)
+          ahead = PanelAhead::over(wpack + visit(p_begin, p_end, i + 1, back) * H * 3 * N, sizeof(T) * H * 3 * N,
+                                   row_blocks(B), H);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          gate_preactivations<T, R, 3>(in, src_cur + b0 * H, H, panel, acc);
+          gate_preactivations<T, R, 3>(in, src_cur + b0 * H, H, panel, acc, ahead.use());
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
@@ -682,11 +733,13 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 2 * N;
+        PanelAhead ahead;
+        if (p + 1 < p_end) ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, row_blocks(B), H);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
           input_gates<T, R>(side, t, B, H, b0, p, n, in);
-          gate_preactivations<T, R, 2>(in, src_cur + b0 * H, H, panel, acc);
+          gate_preactivations<T, R, 2>(in, src_cur + b0 * H, H, panel, acc, ahead.use());
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
@@ -709,10 +762,12 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wn + p * H * N;
+        PanelAhead ahead;
+        if (p + 1 < p_end) ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, row_blocks(B), H);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
-          panel_product<T, R, 1>(scratch + b0 * H, H, H, panel, acc);
+          panel_product<T, R, 1>(scratch + b0 * H, H, H, panel, acc, N, 1, ahead.use());
 #pragma GCC unroll 8
           for (int r = 0; r < R; ++r) {
             const int64_t b = b0 + r;
