@@ -602,19 +602,31 @@ void project_input(const T* x /* (rows, I) */, const T* wih /* (P, I, 3, N) */, 
                    T* gi /* (rows, 3H) out */, int64_t rows, int64_t I, int64_t H, int64_t p_begin, int64_t p_end) {
   using V = typename Simd<T>::V;
   constexpr int N = Simd<T>::N;
-  for (int64_t p = p_begin; p < p_end; ++p) {
-    const int64_t j0 = p * N;
-    const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
-    V f[3];
-    load_gate_biases<T>(fold, H, j0, n, f);
-    for_row_blocks(rows, [&](auto block, int64_t r0) {
-      constexpr int R = decltype(block)::value;
-      V acc[R][3];
-      panel_product<T, R, 3>(x + r0 * I, I, I, wih + p * I * 3 * N, acc);
+  // Chunks of rows whose x stays in L2 while every panel passes over them (all rows per panel streamed x from
+  // memory once per panel), a multiple of kMaxRows so that each row sees the same tiles chunked or not.
+  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (kMaxRows * I * int64_t{sizeof(T)})) * kMaxRows;
+  const int64_t panel_bytes = sizeof(T) * I * 3 * N;
+  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+    const int64_t c_rows = std::min(chunk, rows - c0);
+    const T* xc = x + c0 * I;
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int64_t j0 = p * N;
+      const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
+      V f[3];
+      load_gate_biases<T>(fold, H, j0, n, f);
+      const T* panel = wih + p * I * 3 * N;
+      PanelAhead ahead;
+      if (p + 1 < p_end) ahead = PanelAhead::over(panel + I * 3 * N, panel_bytes, row_blocks(c_rows), I);
+      for_row_blocks(c_rows, [&](auto block, int64_t r0) {
+        constexpr int R = decltype(block)::value;
+        V acc[R][3];
+        panel_product<T, R, 3>(xc + r0 * I, I, I, panel, acc, 3 * N, 1, ahead.use());
+        T* out = gi + (c0 + r0) * 3 * H + j0;
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
-        for (int g = 0; g < 3; ++g) store<T>(gi + (r0 + r) * 3 * H + g * H + j0, acc[r][g] + f[g], n);
-    });
+        for (int r = 0; r < R; ++r)
+          for (int g = 0; g < 3; ++g) store<T>(out + r * 3 * H + g * H, acc[r][g] + f[g], n);
+      });
+    }
   }
 }
 
