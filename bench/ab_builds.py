@@ -12,9 +12,9 @@ the new build was faster; outputs must agree bit for bit (a speed change must no
 (``Team::instance()``'s static is a GNU unique symbol, which the loader binds once per process), so a change to
 team.h cannot be timed this way: time it in separate processes.
 
-Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``); ``fBxH`` / ``rBxH`` ext.forward (eval, T = 256,
-input = hidden) in the reset_after / reset_before form (``f1x64``, ``r8x256``; ``f1x64t16``: T = 16, the calls of
-a round adding up to 256 steps); ``tBxH`` a training layer call
+Cases: ``sH`` the fused stepper at B = 1, hidden H (``s256``), ``bH`` the same with bfloat16 weights; ``fBxH`` /
+``rBxH`` ext.forward (eval, T = 256, input = hidden) in the reset_after / reset_before form (``f1x64``,
+``r8x256``; ``f1x64t16``: T = 16, the calls of a round adding up to 256 steps); ``tBxH`` a training layer call
 (ext.layer, reset_after, T = 64) and its backward (``t1x256``).
 """
 
@@ -70,14 +70,14 @@ def case_calls(case: str, old: ModuleType, new: ModuleType, atol: float) -> tupl
     """(label, old call, new call, calls per round) for one case name, the two outputs checked equal (to within
     atol) first."""
     torch.manual_seed(0)
-    if case[0] == "s":
-        hidden = int(case[1:])
+    if case[0] in "sb":
+        hidden, bf16 = int(case[1:]), case[0] == "b"
         gru = torch.nn.GRU(hidden, hidden)
         layers = [[p.detach() for p in gru.parameters()]]
-        steppers = [ext.Stepper(layers, [], False, True, 0.0) for ext in (old, new)]
+        steppers = [ext.Stepper(layers, [], bf16, True, 0.0) for ext in (old, new)]
         x, h = torch.randn(1, hidden), torch.zeros(1, 1, hidden)
         outputs = [s.step(x, h) for s in steppers]
-        label, calls = f"stepper B=1 H={hidden}", 50 if hidden < 1024 else 5
+        label, calls = f"{'bf16 ' if bf16 else ''}stepper B=1 H={hidden}", 50 if hidden < 1024 else 5
         fns = [lambda s=s: s.step(x, h) for s in steppers]
     elif case[0] in "fr":
         reset_after = case[0] == "f"
@@ -107,7 +107,7 @@ def case_calls(case: str, old: ModuleType, new: ModuleType, atol: float) -> tupl
         outputs = [fn() for fn in fns]
         label, calls = f"training forward + backward B={batch} H={hidden} T=64", 1
     else:
-        raise SystemExit(f"unknown case {case!r}: sH, fBxH, rBxH or tBxH (see the docstring)")
+        raise SystemExit(f"unknown case {case!r}: sH, bH, fBxH, rBxH or tBxH (see the docstring)")
     for a, b in zip(*outputs, strict=True):
         if not (torch.equal(a, b) if atol == 0 else torch.allclose(a, b, rtol=0, atol=atol)):
             raise SystemExit(f"{label}: the builds' outputs differ by {(a - b).abs().max().item():.3g}")
