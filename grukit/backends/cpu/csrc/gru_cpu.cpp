@@ -43,6 +43,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <immintrin.h>
@@ -423,18 +425,28 @@ GRUKIT_INLINE void panel_row(const T* src, int64_t ld, const T* w, typename Simd
 // B16H1024 1.21x, reset_before B8H1024 1.11x, B64H1024 1.00-1.04x. Not at B = 1, a stream the hardware prefetcher
 // serves better (4 lines every 4 k made B1H512 0.85x, B1H1024 0.90x), and not for the step's gi rows (12 lines a
 // row block ahead made B64H256 0.88x).
+// One core's L2 in bytes (sysconf; 512 KiB where it does not say).
+inline int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? int64_t{reported} : int64_t{512 << 10};
+  }();
+  return bytes;
+}
+
 struct PanelAhead {
   const char* next = nullptr;
   const char* end = nullptr;
   int64_t mask = 0;  // a line every mask + 1 k
 
   // bytes at `panel`, over `blocks` row blocks of K k each: a line every 1, 2, 4 or 8 k, the sparsest that covers
-  // the panel (or every k, where even that does not). None for panels up to 32 KiB: those stay in L1 from the
-  // first row block on, and fetching the next one beside them evicts them (AMD fills L1 whatever the hint; at
-  // H = 256, 24 KiB panels, the fetch made B = 64 0.95x, reset_before B = 8 0.95x).
+  // the panel (or every k, where even that does not). None where the loop's panels (`streamed` bytes in all) fit
+  // L2, nor for panels up to 32 KiB: those stay in L1 from the first row block on, and fetching the next one
+  // beside them evicts them (AMD fills L1 whatever the hint; at H = 256, 24 KiB panels, the fetch made B = 64
+  // 0.95x, reset_before B = 8 0.95x).
   template <typename W>
-  GRUKIT_INLINE static PanelAhead over(const W* panel, int64_t bytes, int64_t blocks, int64_t K) {
-    if (bytes <= (32 << 10)) return PanelAhead{};
+  GRUKIT_INLINE static PanelAhead over(const W* panel, int64_t bytes, int64_t blocks, int64_t K, int64_t streamed) {
+    if (bytes <= (32 << 10) || streamed <= l2_bytes()) return PanelAhead{};
     const int64_t per_line = blocks * K / std::max<int64_t>(1, bytes / 64);
     int64_t every = 1;
     while (every < 8 && 2 * every <= per_line) every *= 2;
@@ -645,7 +657,9 @@ void project_input(const T* x /* (rows, I) */, const T* wih /* (P, I, 3, N) */, 
       load_gate_biases<T>(fold, H, j0, n, f);
       const T* panel = wih + p * I * 3 * N;
       PanelAhead ahead;
-      if (p + 1 < p_end) ahead = PanelAhead::over(panel + I * 3 * N, panel_bytes, row_blocks(c_rows), I);
+      if (p + 1 < p_end)
+        ahead = PanelAhead::over(panel + I * 3 * N, panel_bytes, row_blocks(c_rows), I,
+                                 panel_bytes * (p_end - p_begin));
       for_row_blocks(c_rows, [&](auto block, int64_t r0) {
         constexpr int R = decltype(block)::value;
         V acc[R][3];
@@ -738,7 +752,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         PanelAhead ahead;
         if (i + 1 < p_end)
           ahead = PanelAhead::over(wpack + visit(p_begin, p_end, i + 1, back) * H * 3 * N, sizeof(T) * H * 3 * N,
-                                   row_blocks(B), H);
+                                   row_blocks(B), H, sizeof(T) * H * 3 * N * (p_end - p_begin));
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
@@ -775,7 +789,9 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 2 * N;
         PanelAhead ahead;
-        if (p + 1 < p_end) ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, row_blocks(B), H);
+        if (p + 1 < p_end)
+          ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, row_blocks(B), H,
+                                   sizeof(T) * H * 3 * N * (p_end - p_begin));
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
@@ -804,7 +820,9 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wn + p * H * N;
         PanelAhead ahead;
-        if (p + 1 < p_end) ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, row_blocks(B), H);
+        if (p + 1 < p_end)
+          ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, row_blocks(B), H,
+                                   sizeof(T) * H * 3 * N * (p_end - p_begin));
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
