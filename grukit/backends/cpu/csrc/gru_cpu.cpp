@@ -723,6 +723,8 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
   }
   part.sync();
   const T* wn = wpack + P * H * 2 * N;  // reset_after=false: the n panels after the r/z ones
+  // What PanelAhead spreads each next panel's fetch over: this thread's share of W_hh, a step's row blocks.
+  const int64_t streamed = sizeof(T) * H * 3 * N * (p_end - p_begin), blocks = row_blocks(B);
 
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = reverse ? steps - 1 - s : s;
@@ -752,7 +754,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         PanelAhead ahead;
         if (i + 1 < p_end)
           ahead = PanelAhead::over(wpack + visit(p_begin, p_end, i + 1, back) * H * 3 * N, sizeof(T) * H * 3 * N,
-                                   row_blocks(B), H, sizeof(T) * H * 3 * N * (p_end - p_begin));
+                                   blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
@@ -790,8 +792,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const T* panel = wpack + p * H * 2 * N;
         PanelAhead ahead;
         if (p + 1 < p_end)
-          ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, row_blocks(B), H,
-                                   sizeof(T) * H * 3 * N * (p_end - p_begin));
+          ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
@@ -821,8 +822,7 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const T* panel = wn + p * H * N;
         PanelAhead ahead;
         if (p + 1 < p_end)
-          ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, row_blocks(B), H,
-                                   sizeof(T) * H * 3 * N * (p_end - p_begin));
+          ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
