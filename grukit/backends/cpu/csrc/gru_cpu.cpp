@@ -417,14 +417,6 @@ GRUKIT_INLINE void panel_row(const T* src, int64_t ld, const T* w, typename Simd
   }
 }
 
-// The next panel a loop reads, fetched into L2 a cache line at a time while the current one's row blocks run
-// (panel_product's multi-row tiles call at(k) once per k they pass): where W_hh exceeds L2, a panel's first row
-// block otherwise waits on L3 for each line (the hardware prefetcher does not run far enough ahead). On an AMD EPYC
-// Zen 3 (AVX2, 512 KiB L2), the 4-row tile alone over 128 panels of 1024 x 24 floats (W_hh at H = 1024), 64 rows
-// (bench/micro/panel_ahead.cpp): 71-78 GFLOP/s without, 84-89 with (16 panels, L2-resident: 82-86); forward_loop, bench/ab_builds.py: B8H1024 1.04-1.27x,
-// B16H1024 1.21x, reset_before B8H1024 1.11x, B64H1024 1.00-1.04x. Not at B = 1, a stream the hardware prefetcher
-// serves better (4 lines every 4 k made B1H512 0.85x, B1H1024 0.90x), and not for the step's gi rows (12 lines a
-// row block ahead made B64H256 0.88x).
 // One core's L2 in bytes (sysconf; 512 KiB where it does not say).
 inline int64_t l2_bytes() {
   static const int64_t bytes = [] {
@@ -434,6 +426,14 @@ inline int64_t l2_bytes() {
   return bytes;
 }
 
+// The next panel a loop reads, fetched into L2 a cache line at a time while the current one's row blocks run
+// (panel_product's multi-row tiles call at(k) once per k they pass): where W_hh exceeds L2, a panel's first row
+// block otherwise waits on L3 for each line (the hardware prefetcher does not run far enough ahead). On an AMD EPYC
+// Zen 3 (AVX2, 512 KiB L2), the 4-row tile alone over 128 panels of 1024 x 24 floats (W_hh at H = 1024), 64 rows
+// (bench/micro/panel_ahead.cpp): 71-78 GFLOP/s without, 84-89 with (16 panels, L2-resident: 82-86); forward_loop,
+// bench/ab_builds.py: B8H1024 1.04-1.27x, B16H1024 1.21x, reset_before B8H1024 1.11x, B64H1024 1.00-1.04x. Not at
+// B = 1, a stream the hardware prefetcher serves better (4 lines every 4 k made B1H512 0.85x, B1H1024 0.90x), and
+// not for the step's gi rows (12 lines a row block ahead made B64H256 0.88x).
 struct PanelAhead {
   const char* next = nullptr;
   const char* end = nullptr;
