@@ -113,6 +113,28 @@ def test_the_input_side_before_the_loop_matches_the_reference(projection, reset_
         _assert_same(gru, torch.randn(steps, 2, 200), torch.randn(2, 2, 300), lengths, monkeypatch)
 
 
+@pytest.mark.parametrize("projection", [0, 2], ids=["gemm", "micro-kernel"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_projection_over_several_chunks_of_rows_matches_the_reference(projection, dtype, monkeypatch):
+    """305 rows (T * B) of a 512-wide input: the micro-kernel projects chunks of rows whose x fits 256 KiB (128 rows
+    in float32, 64 in float64, on AVX2 and AVX-512 alike) with every panel over one chunk before the next; the last
+    chunk ends in a row block narrower than the widest. W_ih's float32 gradient (up to 31, 305 rows summed) sits
+    1.5e-5 (the reference) to 2e-5 (this backend, either projection) from the float64 result: atol 5e-5 there."""
+    torch.manual_seed(2)
+    gru = grukit.GRU(512, 40).to(dtype)
+    atol = 5e-5 if dtype == torch.float32 else 1e-5
+    _assert_same(gru, torch.randn(61, 5, 512, dtype=dtype), None, None, monkeypatch, atol=atol)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_wide_layers_fetching_panels_ahead_match_the_reference(reset_after, monkeypatch):
+    """H = 384: W_hh of 1.7 MiB (past a 512 KiB or 1 MiB L2) in panels over 32 KiB, so forward_loop fetches each next
+    panel while the current one's row blocks run (PanelAhead); B = 9: full row blocks and a remainder."""
+    torch.manual_seed(3)
+    gru = grukit.GRU(16, 384, reset_after=reset_after)
+    _assert_same(gru, torch.randn(3, 9, 16), torch.randn(1, 9, 384), None, monkeypatch)
+
+
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("steps", [1, 8, 19])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
