@@ -342,23 +342,20 @@ GRUKIT_INLINE void panel_product_pairs(const float* src /* (R, ld) rows, K used 
     // FMA units at 3/4 at most), the second set's products after the first's (both at once spilled on AVX2's 16
     // registers: 0.93x). bf16 stepper, AMD EPYC Zen 3 (AVX2), bench/ab_builds.py: H64 1.03x, H256 1.05x, H1024 1.11x.
     VF acc2[G] = {}, odd2[G] = {};
+    // Pair dd's products into the chains (e, o).
+    auto pair_into = [&](int64_t dd, VF(&e)[G], VF(&o)[G]) __attribute__((always_inline)) {
+      const VF se = splat<float>(src[2 * dd]), so = splat<float>(src[2 * dd + 1]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) {
+        VF we, wo;
+        widen_pairs(panel + (dd * G + g) * N, we, wo);
+        e[g] += se * we;
+        o[g] += so * wo;
+      }
+    };
     for (; d + 2 <= pairs; d += 2) {
-      const VF se = splat<float>(src[2 * d]), so = splat<float>(src[2 * d + 1]);
-#pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) {
-        VF we, wo;
-        widen_pairs(panel + (d * G + g) * N, we, wo);
-        acc[0][g] += se * we;
-        odd_acc[0][g] += so * wo;
-      }
-      const VF se2 = splat<float>(src[2 * d + 2]), so2 = splat<float>(src[2 * d + 3]);
-#pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) {
-        VF we, wo;
-        widen_pairs(panel + ((d + 1) * G + g) * N, we, wo);
-        acc2[g] += se2 * we;
-        odd2[g] += so2 * wo;
-      }
+      pair_into(d, acc[0], odd_acc[0]);
+      pair_into(d + 1, acc2, odd2);
     }
     for (int g = 0; g < G; ++g) {
       acc[0][g] += acc2[g];
@@ -444,9 +441,10 @@ struct PanelAhead {
   // L2, nor for panels up to 32 KiB: those stay in L1 from the first row block on, and fetching the next one
   // beside them evicts them (AMD fills L1 whatever the hint; at H = 256, 24 KiB panels, the fetch made B = 64
   // 0.95x, reset_before B = 8 0.95x).
+  // `panel` null: no next panel (the loop's last).
   template <typename W>
   GRUKIT_INLINE static PanelAhead over(const W* panel, int64_t bytes, int64_t blocks, int64_t K, int64_t streamed) {
-    if (bytes <= (32 << 10) || streamed <= l2_bytes()) return PanelAhead{};
+    if (panel == nullptr || bytes <= (32 << 10) || streamed <= l2_bytes()) return PanelAhead{};
     const int64_t per_line = blocks * K / std::max<int64_t>(1, bytes / 64);
     int64_t every = 1;
     while (every < 8 && 2 * every <= per_line) every *= 2;
@@ -656,10 +654,8 @@ void project_input(const T* x /* (rows, I) */, const T* wih /* (P, I, 3, N) */, 
       V f[3];
       load_gate_biases<T>(fold, H, j0, n, f);
       const T* panel = wih + p * I * 3 * N;
-      PanelAhead ahead;
-      if (p + 1 < p_end)
-        ahead = PanelAhead::over(panel + I * 3 * N, panel_bytes, row_blocks(c_rows), I,
-                                 panel_bytes * (p_end - p_begin));
+      PanelAhead ahead = PanelAhead::over(p + 1 < p_end ? panel + I * 3 * N : nullptr, panel_bytes,
+                                          row_blocks(c_rows), I, panel_bytes * (p_end - p_begin));
       for_row_blocks(c_rows, [&](auto block, int64_t r0) {
         constexpr int R = decltype(block)::value;
         V acc[R][3];
@@ -751,10 +747,8 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 3 * N;
         const V bn = b_hn ? load<T>(b_hn + j0, n) : V{};
-        PanelAhead ahead;
-        if (i + 1 < p_end)
-          ahead = PanelAhead::over(wpack + visit(p_begin, p_end, i + 1, back) * H * 3 * N, sizeof(T) * H * 3 * N,
-                                   blocks, H, streamed);
+        const T* next = i + 1 < p_end ? wpack + visit(p_begin, p_end, i + 1, back) * H * 3 * N : nullptr;
+        PanelAhead ahead = PanelAhead::over(next, sizeof(T) * H * 3 * N, blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][3];
@@ -790,9 +784,8 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wpack + p * H * 2 * N;
-        PanelAhead ahead;
-        if (p + 1 < p_end)
-          ahead = PanelAhead::over(panel + H * 2 * N, sizeof(T) * H * 2 * N, blocks, H, streamed);
+        PanelAhead ahead =
+            PanelAhead::over(p + 1 < p_end ? panel + H * 2 * N : nullptr, sizeof(T) * H * 2 * N, blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V in[R][3], acc[R][2];
@@ -820,9 +813,8 @@ void forward_loop(const InputSide<T>& side /* the input-side gate pre-activation
         const int64_t j0 = p * N;
         const int n = static_cast<int>(std::min<int64_t>(N, H - j0));
         const T* panel = wn + p * H * N;
-        PanelAhead ahead;
-        if (p + 1 < p_end)
-          ahead = PanelAhead::over(panel + H * N, sizeof(T) * H * N, blocks, H, streamed);
+        PanelAhead ahead =
+            PanelAhead::over(p + 1 < p_end ? panel + H * N : nullptr, sizeof(T) * H * N, blocks, H, streamed);
         for_row_blocks(B, [&](auto rows, int64_t b0) {
           constexpr int R = decltype(rows)::value;
           V acc[R][1];
